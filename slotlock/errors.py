@@ -1,0 +1,41 @@
+"""Error categories every slotlock service raises. Each service defines its own domain errors as
+subclasses (``HoldExpired(Conflict)``, ...); the gRPC edge maps these categories to status codes
+in one table (``slotlock.grpc_errors``). Messages are written for a person to read."""
+
+from __future__ import annotations
+
+
+class SlotlockError(Exception):
+    """Base of every error slotlock reports to a caller on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(SlotlockError):
+    """The request itself is malformed: fixing it is the caller's job."""
+
+
+class NotFound(SlotlockError):
+    """A thing the request names does not exist."""
+
+
+class AlreadyExists(SlotlockError):
+    """The request clashes with something that exists (e.g. an idempotency key reused)."""
+
+
+class Conflict(SlotlockError):
+    """The request is well-formed but the current state refuses it (no seats, hold expired...)."""
+
+
+class PermissionDenied(SlotlockError):
+    """The caller lacks the secret the request needs (e.g. a wrong hold token)."""
+
+
+class Unavailable(SlotlockError):
+    """A dependency (database, broker) is down; retrying later may succeed."""
+
+
+class NotReady(Unavailable):
+    """The service is still starting (for instance rebuilding its view)."""
