@@ -1,6 +1,6 @@
 """Regenerate the slotlock.v1 Python stubs (with .pyi type stubs) from protos/.
 
-The one way to produce generated code: `python scripts/gen_protos.py`. Never edit slotlock/v1 by hand;
+The one way to produce generated code: `python scripts/gen_protos.py`. Never edit slotlock/v1;
 CI regenerates and fails on any difference (`python scripts/gen_protos.py --check`).
 """
 
@@ -17,7 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUT = ROOT / "slotlock" / "v1"
-INIT = '"""Generated gRPC stubs for the slotlock.v1 contract. Do not edit: see scripts/gen_protos.py."""\n'
+INIT = (
+    '"""Generated stubs for the slotlock.v1 contract. Do not edit: see scripts/gen_protos.py."""\n'
+)
 
 
 def generate(into: Path) -> None:
@@ -57,7 +59,7 @@ def main() -> int:
             _, mismatch, errors = filecmp.cmpfiles(fresh, OUT, names, shallow=False)
             if names != current or mismatch or errors:
                 print(
-                    "slotlock/v1 is stale: run `python scripts/gen_protos.py` and commit the result",
+                    "slotlock/v1 is stale: run `python scripts/gen_protos.py` and commit it",
                     f"(differs: {sorted(set(mismatch + errors) | set(names) ^ set(current))})",
                 )
                 return 1

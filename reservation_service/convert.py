@@ -1,0 +1,223 @@
+"""Domain <-> slotlock.v1 protobuf, at the edge. The domain modules never import *_pb2."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from reservation_service import errors
+from reservation_service.holds import (
+    Change,
+    ChangeType,
+    Event,
+    EventSpec,
+    EventStatus,
+    Money,
+    PaymentAttempt,
+    Reservation,
+    ReservationStatus,
+    TicketType,
+)
+from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2
+
+EVENT_STATUS_TO_PROTO = {
+    EventStatus.SCHEDULED: catalog_pb2.EVENT_STATUS_SCHEDULED,
+    EventStatus.CANCELLED: catalog_pb2.EVENT_STATUS_CANCELLED,
+    EventStatus.SOLD_OUT: catalog_pb2.EVENT_STATUS_SOLD_OUT,
+}
+EVENT_STATUS_FROM_PROTO = {v: k for k, v in EVENT_STATUS_TO_PROTO.items()}
+TICKET_TYPE_TO_PROTO = {
+    TicketType.DINNER: catalog_pb2.TICKET_TYPE_DINNER,
+    TicketType.EXPERIENCE_ONLY: catalog_pb2.TICKET_TYPE_EXPERIENCE_ONLY,
+}
+TICKET_TYPE_FROM_PROTO = {v: k for k, v in TICKET_TYPE_TO_PROTO.items()}
+RESERVATION_STATUS_TO_PROTO = {
+    ReservationStatus.PENDING: catalog_pb2.RESERVATION_STATUS_PENDING,
+    ReservationStatus.PAID: catalog_pb2.RESERVATION_STATUS_PAID,
+    ReservationStatus.CANCELLED: catalog_pb2.RESERVATION_STATUS_CANCELLED,
+    ReservationStatus.EXPIRED: catalog_pb2.RESERVATION_STATUS_EXPIRED,
+    ReservationStatus.REFUNDED: catalog_pb2.RESERVATION_STATUS_REFUNDED,
+}
+RESERVATION_STATUS_FROM_PROTO = {v: k for k, v in RESERVATION_STATUS_TO_PROTO.items()}
+CHANGE_TYPE_TO_PROTO = {
+    ChangeType.EVENT_UPSERTED: changes_pb2.CHANGE_TYPE_EVENT_UPSERTED,
+    ChangeType.HOLD_CREATED: changes_pb2.CHANGE_TYPE_HOLD_CREATED,
+    ChangeType.HOLD_CONFIRMED: changes_pb2.CHANGE_TYPE_HOLD_CONFIRMED,
+    ChangeType.HOLD_RELEASED: changes_pb2.CHANGE_TYPE_HOLD_RELEASED,
+    ChangeType.HOLD_EXPIRED: changes_pb2.CHANGE_TYPE_HOLD_EXPIRED,
+    ChangeType.RESERVATION_REFUNDED: changes_pb2.CHANGE_TYPE_RESERVATION_REFUNDED,
+}
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def event_to_proto(event: Event) -> catalog_pb2.Event:
+    return catalog_pb2.Event(
+        id=event.id,
+        code=event.code,
+        experience_title=event.experience_title,
+        local_date=event.local_date.isoformat(),
+        local_start_time=event.local_start_time.strftime("%H:%M"),
+        time_zone=event.time_zone,
+        starts_at=timestamp(event.starts_at),
+        capacity=event.capacity,
+        status=EVENT_STATUS_TO_PROTO[event.reported_status],
+        experience_only_enabled=event.experience_only_enabled,
+        dinner_price=catalog_pb2.Money(
+            amount=event.dinner_price.amount, currency=event.dinner_price.currency
+        ),
+        experience_only_price=catalog_pb2.Money(
+            amount=event.experience_only_price.amount,
+            currency=event.experience_only_price.currency,
+        ),
+        paid=event.paid,
+        pending=event.pending,
+        available=event.available,
+        version=event.version,
+    )
+
+
+def reservation_to_proto(reservation: Reservation) -> catalog_pb2.Reservation:
+    message = catalog_pb2.Reservation(
+        id=reservation.id,
+        event_id=reservation.event_id,
+        quantity=reservation.quantity,
+        ticket_type=TICKET_TYPE_TO_PROTO[reservation.ticket_type],
+        status=RESERVATION_STATUS_TO_PROTO[reservation.status],
+        customer_ref=reservation.customer_ref,
+        created_at=timestamp(reservation.created_at),
+        updated_at=timestamp(reservation.updated_at),
+        payment_reference=reservation.payment_reference,
+    )
+    if reservation.status is ReservationStatus.PENDING:
+        message.expires_at.CopyFrom(timestamp(reservation.expires_at))
+    if reservation.payment is not None:
+        message.payment.CopyFrom(
+            catalog_pb2.PaymentAttempt(
+                provider_order_id=reservation.payment.provider_order_id,
+                virtual_account_number=reservation.payment.virtual_account_number,
+                qr_code=reservation.payment.qr_code,
+                qr_code_url=reservation.payment.qr_code_url,
+            )
+        )
+    return message
+
+
+def change_to_proto(change: Change) -> changes_pb2.EventChange:
+    """The outbox payload. change_id is left 0: the relay appends the outbox row id."""
+    message = changes_pb2.EventChange(
+        type=CHANGE_TYPE_TO_PROTO[change.type],
+        event=event_to_proto(change.event),
+        occurred_at=timestamp(change.occurred_at),
+    )
+    if change.reservation is not None:
+        message.reservation.CopyFrom(reservation_to_proto(change.reservation))
+    return message
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def parse_date(value: str, field: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as error:
+        raise errors.InvalidField(field, f"expected YYYY-MM-DD, got {value!r}") from error
+
+
+def parse_optional_date(value: str, field: str) -> date | None:
+    return parse_date(value, field) if value else None
+
+
+def parse_time(value: str, field: str) -> time:
+    try:
+        parsed = time.fromisoformat(value)
+    except ValueError as error:
+        raise errors.InvalidField(field, f"expected HH:MM, got {value!r}") from error
+    if parsed.tzinfo is not None:
+        raise errors.InvalidField(field, "a local time without offset, e.g. 19:00")
+    return parsed
+
+
+def money_from_proto(message: catalog_pb2.Money, default_currency: str) -> Money:
+    currency = message.currency.strip().upper() or default_currency
+    if len(currency) != 3 or not currency.isalpha():
+        raise errors.InvalidField(
+            "currency", f"expected an ISO 4217 code like VND, got {currency!r}"
+        )
+    return Money(amount=message.amount, currency=currency)
+
+
+def event_spec_from_proto(request: reservation_pb2.UpsertEventRequest) -> EventSpec:
+    from reservation_service.holds import DEFAULT_CURRENCY, DEFAULT_TIME_ZONE
+
+    if request.status not in (catalog_pb2.EVENT_STATUS_UNSPECIFIED, *EVENT_STATUS_FROM_PROTO):
+        raise errors.InvalidField("status", f"unknown value {request.status}")
+    if not request.local_date:
+        raise errors.InvalidField("local_date", "is required (YYYY-MM-DD)")
+    if not request.local_start_time:
+        raise errors.InvalidField("local_start_time", "is required (HH:MM)")
+    currency = (
+        request.dinner_price.currency or request.experience_only_price.currency or DEFAULT_CURRENCY
+    )
+    return EventSpec(
+        code=request.code.strip(),
+        experience_title=request.experience_title.strip(),
+        local_date=parse_date(request.local_date, "local_date"),
+        local_start_time=parse_time(request.local_start_time, "local_start_time"),
+        time_zone=request.time_zone.strip() or DEFAULT_TIME_ZONE,
+        capacity=request.capacity,
+        status=EVENT_STATUS_FROM_PROTO.get(request.status),
+        experience_only_enabled=request.experience_only_enabled,
+        dinner_price=money_from_proto(request.dinner_price, currency.upper()),
+        experience_only_price=money_from_proto(request.experience_only_price, currency.upper()),
+    )
+
+
+def ticket_type_from_proto(value: int) -> TicketType:
+    if value == catalog_pb2.TICKET_TYPE_UNSPECIFIED:
+        return TicketType.DINNER
+    try:
+        return TICKET_TYPE_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError as error:
+        raise errors.InvalidField("ticket_type", f"unknown value {value}") from error
+
+
+def event_status_filter(value: int) -> EventStatus | None:
+    if value == catalog_pb2.EVENT_STATUS_UNSPECIFIED:
+        return None
+    try:
+        return EVENT_STATUS_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError as error:
+        raise errors.InvalidField("status", f"unknown value {value}") from error
+
+
+def reservation_status_filter(value: int) -> ReservationStatus | None:
+    if value == catalog_pb2.RESERVATION_STATUS_UNSPECIFIED:
+        return None
+    try:
+        return RESERVATION_STATUS_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError as error:
+        raise errors.InvalidField("status", f"unknown value {value}") from error
+
+
+def payment_from_proto(message: catalog_pb2.PaymentAttempt) -> PaymentAttempt:
+    attempt = PaymentAttempt(
+        provider_order_id=message.provider_order_id,
+        virtual_account_number=message.virtual_account_number,
+        qr_code=message.qr_code,
+        qr_code_url=message.qr_code_url,
+    )
+    if not attempt.provider_order_id.strip():
+        raise errors.InvalidField("payment.provider_order_id", "is required")
+    for name in ("provider_order_id", "virtual_account_number", "qr_code_url"):
+        if len(getattr(attempt, name)) > 500:
+            raise errors.InvalidField(f"payment.{name}", "at most 500 characters")
+    if len(attempt.qr_code) > 4000:
+        raise errors.InvalidField("payment.qr_code", "at most 4000 characters")
+    return attempt

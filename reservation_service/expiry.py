@@ -1,0 +1,64 @@
+"""The expirer: sleeps until the earliest PENDING expires_at, then releases due holds in batches.
+
+It is woken early in-process when a hold with an earlier deadline is created here, and re-checks
+at least every ``recheck_s`` for holds created by other replicas (a replica that died leaves its
+holds to the others). Correctness never depends on timing: claiming uses SKIP LOCKED, so any
+number of expirers release each hold exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime
+
+from reservation_service.store import ExpiryPass, ReservationStore
+from slotlock.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class Expirer:
+    def __init__(
+        self, store: ReservationStore, *, batch: int = 500, recheck_s: float = 2.0
+    ) -> None:
+        self._store = store
+        self._batch = batch
+        self._recheck_s = recheck_s
+        self._wake = asyncio.Event()
+        self._planned_wake = 0.0  # time.time() of the next planned pass
+
+    def notice_expiry(self, expires_at: datetime) -> None:
+        """A hold due at ``expires_at`` was created: wake early if it is due before the plan."""
+        if expires_at.timestamp() < self._planned_wake:
+            self._wake.set()
+
+    async def expire_now(self) -> ExpiryPass:
+        """One full pass (all due holds, in batches); the admin RPC and the loop both use it."""
+        released = 0
+        checked: int | None = None
+        while True:
+            step = await self._store.expire_due_holds(self._batch)
+            released += step.released
+            checked = step.checked if checked is None else checked
+            if step.released < self._batch:
+                return ExpiryPass(released, max(checked, released))
+
+    async def run(self) -> None:
+        while True:
+            try:
+                result = await self.expire_now()
+                if result.released:
+                    log.debug("expired %d holds", result.released)
+                until_next = await self._store.seconds_until_next_expiry()
+            except Unavailable as error:
+                log.warning("expirer: %s", error)
+                until_next = 1.0
+            delay = self._recheck_s if until_next is None else min(until_next, self._recheck_s)
+            delay = max(delay, 0.0) + 0.002  # land just after the deadline, not just before
+            self._planned_wake = time.time() + delay
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)

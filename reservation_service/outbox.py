@@ -1,0 +1,222 @@
+"""The outbox relay: publishes committed outbox rows to JetStream in id order, then marks them.
+
+- One relay at a time across replicas (session advisory lock); the others stand by and take over
+  within a second if it dies. With one relay, id order is per-event commit order.
+- Woken in-process by this replica's commits, by NOTIFY from other replicas, and by a short poll.
+- Publishes are pipelined (publish_async) and each carries ``Nats-Msg-Id`` = outbox id, so a
+  re-publish after a crash between publish and mark is dropped by JetStream as a duplicate.
+- When NATS is down, rows wait in the table; the first failure in a batch ends it, and the next
+  attempt starts again from the first unmarked row, so per-event order survives outages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+import psycopg
+from nats.js.api import PubAck
+from psycopg_pool import AsyncConnectionPool
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from reservation_service import sql
+from slotlock.feed import Feed
+
+log = logging.getLogger(__name__)
+
+QUERIES = sql.queries("outbox.sql")
+RELAY_LOCK_KEY = 0x510710D
+NOTIFY_CHANNEL = "slotlock_outbox"
+
+
+def with_change_id(payload: bytes, change_id: int) -> bytes:
+    """Set EventChange.change_id (field 1, varint) by appending it: protobuf parsers let the last
+    occurrence of a scalar field win, so no decode and re-encode is needed."""
+    out = bytearray(payload)
+    out.append(0x08)  # field 1, wire type 0
+    value = change_id
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+class PublishFailed(Exception):
+    pass
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        conninfo: str,
+        nats_url: str,
+        feed: Feed,
+        *,
+        batch: int = 1000,
+        poll_s: float = 1.0,
+        ack_timeout_s: float = 5.0,
+        keep_published_s: float = 86400.0,
+    ) -> None:
+        self._pool = pool
+        self._conninfo = conninfo
+        self._nats_url = nats_url
+        self._feed = feed
+        self._batch = batch
+        self._poll_s = poll_s
+        self._ack_timeout_s = ack_timeout_s
+        self._keep_published_s = keep_published_s
+        self._wake = asyncio.Event()
+        self._nc: Any = None
+        self._js: Any = None
+        self.published = 0  # count, for logs and tests
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        try:
+            await self._connect_nats()
+            while True:
+                try:
+                    async with await psycopg.AsyncConnection.connect(
+                        self._conninfo, autocommit=True
+                    ) as lock_conn:
+                        await self._wait_for_relay_lock(lock_conn)
+                        log.info("outbox relay active")
+                        await self._relay_while_locked(lock_conn)
+                except (psycopg.OperationalError, OSError) as error:
+                    log.warning("outbox relay lost the database: %s; retrying", error)
+                    await asyncio.sleep(0.5)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._nc.close()
+
+    async def _connect_nats(self) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+        ):
+            with attempt:
+                # pending_size=0: while disconnected, publishes fail at once instead of being
+                # buffered and sent after reconnect ahead of earlier, lost ones.
+                self._nc = await nats.connect(
+                    self._nats_url,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                    pending_size=0,
+                    allow_reconnect=True,
+                    connect_timeout=2,
+                )
+                self._js = self._nc.jetstream(timeout=self._ack_timeout_s)
+                await self._feed.ensure_stream(self._js)
+
+    async def _wait_for_relay_lock(self, lock_conn: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            row = await (
+                await lock_conn.execute(QUERIES["try_relay_lock"], {"key": RELAY_LOCK_KEY})
+            ).fetchone()
+            if row and row[0]:
+                return
+            await self._sleep_until_woken()
+
+    async def _relay_while_locked(self, lock_conn: psycopg.AsyncConnection[Any]) -> None:
+        purge_every = 600
+        rounds = 0
+        while True:
+            self._wake.clear()
+            rows = await self._fetch_unpublished()
+            if rows:
+                try:
+                    await self._publish_in_order(rows)
+                except PublishFailed as error:
+                    log.warning("outbox relay: %s; will retry", error)
+                    await asyncio.sleep(0.25)
+                    continue
+                if len(rows) == self._batch:
+                    continue  # more waiting: no sleep
+            rounds += 1
+            if rounds % purge_every == 0:
+                await self._purge()
+            await lock_conn.execute("SELECT 1")  # notice a dead lock connection promptly
+            await self._sleep_until_woken()
+
+    async def _fetch_unpublished(self) -> list[tuple[int, str, bytes]]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["unpublished"], {"limit": self._batch})
+            return [(int(r[0]), str(r[1]), bytes(r[2])) for r in await cur.fetchall()]
+
+    async def _publish_in_order(self, rows: Sequence[tuple[int, str, bytes]]) -> None:
+        futures: list[asyncio.Future[PubAck]] = []
+        failure: BaseException | None = None
+        for change_id, event_id, payload in rows:
+            try:
+                futures.append(
+                    await self._js.publish_async(
+                        self._feed.subject_for(event_id),
+                        with_change_id(payload, change_id),
+                        headers={"Nats-Msg-Id": str(change_id)},
+                        wait_stall=self._ack_timeout_s,
+                    )
+                )
+            except Exception as error:  # not connected, stalled: stop issuing, keep order
+                failure = error
+                break
+        acked: list[int] = []
+        if futures:
+            results = await asyncio.gather(
+                *(asyncio.wait_for(f, self._ack_timeout_s) for f in futures), return_exceptions=True
+            )
+            for (change_id, _, _), result in zip(rows, results, strict=False):
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                    break
+                acked.append(change_id)
+        if acked:
+            await self._mark_published(acked)
+        if failure is not None:
+            raise PublishFailed(f"{type(failure).__name__}: {failure}") from failure
+
+    async def _mark_published(self, ids: list[int]) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(psycopg.OperationalError),
+            wait=wait_exponential_jitter(initial=0.05, max=1.0),
+        ):
+            with attempt:
+                async with self._pool.connection() as conn:
+                    await conn.execute(QUERIES["mark_published"], {"ids": ids})
+        self.published += len(ids)
+
+    async def _purge(self) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(QUERIES["purge_published"], {"keep_s": self._keep_published_s})
+
+    async def _sleep_until_woken(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self._poll_s)
+
+    async def _listen(self) -> None:
+        """NOTIFY from other replicas' commits wakes this relay (a hint; the poll is the floor)."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except (psycopg.OperationalError, OSError):
+                await asyncio.sleep(1.0)

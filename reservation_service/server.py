@@ -1,0 +1,120 @@
+"""Wires the reservation service together and serves it over gRPC (with health and reflection)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from psycopg_pool import AsyncConnectionPool
+
+from reservation_service.batching import HoldBatcher
+from reservation_service.expiry import Expirer
+from reservation_service.holds import HoldPolicy, HoldTokens
+from reservation_service.migrations import apply_migrations
+from reservation_service.outbox import OutboxRelay
+from reservation_service.servicer import ReservationServicer
+from reservation_service.settings import INSECURE_DEV_SECRET, Settings
+from reservation_service.store import ReservationStore
+from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = reservation_pb2.DESCRIPTOR.services_by_name["ReservationService"].full_name
+
+# Find dead peers within ~30 s; allow clients that ping every 10 s or more.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+@dataclass
+class ReservationServer:
+    settings: Settings
+    port: int = 0
+    server: grpc.aio.Server | None = None
+    pool: AsyncConnectionPool[Any] | None = None
+    store: ReservationStore | None = None
+    relay: OutboxRelay | None = None
+    expirer: Expirer | None = None
+    batcher: HoldBatcher | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> ReservationServer:
+        s = self.settings
+        if s.hold_token_secret == INSECURE_DEV_SECRET:
+            log.warning(
+                "SLOTLOCK_HOLD_TOKEN_SECRET is not set: using an insecure development secret"
+            )
+        await apply_migrations(s.database_url)
+        self.pool = AsyncConnectionPool(
+            s.database_url, min_size=2, max_size=s.db_pool_size, open=False, timeout=10
+        )
+        await self.pool.open(wait=True, timeout=30)
+        policy = HoldPolicy(ttl=s.hold_ttl, max_seats_per_hold=s.max_seats_per_hold)
+        tokens = HoldTokens(s.hold_token_secret.encode())
+        self.relay = OutboxRelay(self.pool, s.database_url, s.nats_url, s.feed)
+        self.store = ReservationStore(
+            self.pool,
+            policy,
+            tokens,
+            on_commit=self.relay.wake,
+            notify_other_replicas=s.notify_other_replicas,
+        )
+        self.expirer = Expirer(self.store, recheck_s=s.expiry_recheck_s)
+        self.batcher = HoldBatcher(self.store, max_batch=s.max_batch)
+
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        reservation_pb2_grpc.add_ReservationServiceServicer_to_server(
+            ReservationServicer(self.store, self.batcher, self.expirer, policy, tokens), self.server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        await self.server.start()
+        if s.run_relay:
+            self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        if s.run_expirer:
+            self.tasks.append(asyncio.create_task(self.expirer.run(), name="expirer"))
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("reservation service listening on %s:%d", s.host, self.port)
+        return self
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.batcher is not None:
+            await self.batcher.close()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.pool is not None:
+            await self.pool.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then stop cleanly."""
+    server = await ReservationServer(settings).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("reservation service stopping")
+    await server.stop()

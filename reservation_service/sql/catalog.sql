@@ -1,0 +1,33 @@
+-- name: insert_event
+INSERT INTO events (id, code, experience_title, local_date, local_start_time, time_zone, starts_at,
+                    capacity, status, experience_only_enabled, currency, dinner_price,
+                    experience_only_price, version, created_at, updated_at)
+VALUES (%(id)s, %(code)s, %(experience_title)s, %(local_date)s, %(local_start_time)s,
+        %(time_zone)s, %(starts_at)s, %(capacity)s, %(status)s, %(experience_only_enabled)s,
+        %(currency)s, %(dinner_price)s, %(experience_only_price)s, %(version)s, %(now)s, %(now)s)
+ON CONFLICT (code) DO NOTHING
+RETURNING id;
+
+-- name: lock_event_by_code
+SELECT * FROM events WHERE code = %(code)s FOR UPDATE;
+
+-- name: get_event
+SELECT * FROM events WHERE id = %(id)s;
+
+-- name: list_events
+SELECT * FROM events
+WHERE (%(from_date)s::date IS NULL OR local_date >= %(from_date)s::date)
+  AND (%(to_date)s::date IS NULL OR local_date <= %(to_date)s::date)
+  AND (%(status)s::text IS NULL OR status = %(status)s::text
+       OR (%(status)s::text = 'SOLD_OUT' AND status = 'SCHEDULED' AND paid + pending >= capacity))
+  AND (%(after_starts_at)s::timestamptz IS NULL
+       OR (starts_at, id) > (%(after_starts_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY starts_at, id
+LIMIT %(limit)s;
+
+-- name: lock_pending_holds_of_event
+-- Reservations before the event row: the lock order every writer but CreateHold follows.
+SELECT * FROM reservations
+WHERE event_id = %(event_id)s AND status = 'PENDING'
+ORDER BY id
+FOR UPDATE;

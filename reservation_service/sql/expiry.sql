@@ -1,0 +1,19 @@
+-- name: count_due_holds
+SELECT count(*) AS due FROM reservations
+WHERE status = 'PENDING' AND expires_at <= clock_timestamp();
+
+-- name: claim_due_holds
+-- SKIP LOCKED lets several expirers (one per replica) share the work: each due hold is claimed by
+-- exactly one of them, and a hold being confirmed right now is left to that confirmation.
+SELECT *, clock_timestamp() AS db_now FROM reservations
+WHERE status = 'PENDING' AND expires_at <= clock_timestamp()
+ORDER BY expires_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: lock_events
+SELECT * FROM events WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE;
+
+-- name: seconds_until_next_expiry
+SELECT EXTRACT(EPOCH FROM (min(expires_at) - clock_timestamp()))::float8 AS seconds
+FROM reservations WHERE status = 'PENDING';

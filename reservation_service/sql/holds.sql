@@ -1,0 +1,65 @@
+-- name: lock_event
+-- clock_timestamp(): the database's clock is the one clock every replica agrees on.
+SELECT *, clock_timestamp() AS db_now FROM events WHERE id = %(id)s FOR UPDATE;
+
+-- name: lock_lapsed_holds_of_event
+-- SKIP LOCKED: a hold the expirer (or a confirm) has locked is theirs to settle; waiting on it
+-- while holding the event row could deadlock.
+SELECT * FROM reservations
+WHERE event_id = %(event_id)s AND status = 'PENDING' AND expires_at <= %(now)s
+ORDER BY expires_at
+FOR UPDATE SKIP LOCKED;
+
+-- name: find_by_idempotency_keys
+SELECT * FROM reservations WHERE idempotency_key = ANY(%(keys)s);
+
+-- name: insert_reservation
+INSERT INTO reservations (id, event_id, quantity, ticket_type, status, customer_ref,
+                          idempotency_key, request_fingerprint, created_at, updated_at, expires_at)
+VALUES (%(id)s, %(event_id)s, %(quantity)s, %(ticket_type)s, %(status)s, %(customer_ref)s,
+        %(idempotency_key)s, %(request_fingerprint)s, %(created_at)s, %(updated_at)s,
+        %(expires_at)s);
+
+-- name: update_reservation
+UPDATE reservations
+SET status = %(status)s, updated_at = %(updated_at)s, payment_reference = %(payment_reference)s,
+    provider_order_id = %(provider_order_id)s, virtual_account_number = %(virtual_account_number)s,
+    qr_code = %(qr_code)s, qr_code_url = %(qr_code_url)s
+WHERE id = %(id)s;
+
+-- name: update_event_counters
+UPDATE events
+SET paid = %(paid)s, pending = %(pending)s, version = %(version)s, updated_at = %(now)s
+WHERE id = %(id)s;
+
+-- name: update_event
+UPDATE events
+SET experience_title = %(experience_title)s, local_date = %(local_date)s,
+    local_start_time = %(local_start_time)s, time_zone = %(time_zone)s, starts_at = %(starts_at)s,
+    capacity = %(capacity)s, status = %(status)s,
+    experience_only_enabled = %(experience_only_enabled)s, currency = %(currency)s,
+    dinner_price = %(dinner_price)s, experience_only_price = %(experience_only_price)s,
+    paid = %(paid)s, pending = %(pending)s, version = %(version)s, updated_at = %(now)s
+WHERE id = %(id)s;
+
+-- name: lock_reservation
+SELECT *, clock_timestamp() AS db_now FROM reservations WHERE id = %(id)s FOR UPDATE;
+
+-- name: get_reservation
+SELECT * FROM reservations WHERE id = %(id)s;
+
+-- name: list_reservations
+SELECT * FROM reservations
+WHERE (%(event_id)s::uuid IS NULL OR event_id = %(event_id)s::uuid)
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(after_created_at)s::timestamptz IS NULL
+       OR (created_at, id) > (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at, id
+LIMIT %(limit)s;
+
+-- name: insert_outbox
+INSERT INTO outbox (event_id, payload) VALUES (%(event_id)s, %(payload)s);
+
+-- name: notify_outbox
+-- A hint for relays in other replicas; this replica wakes its own relay in-process.
+SELECT pg_notify('slotlock_outbox', '');

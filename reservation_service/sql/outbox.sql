@@ -1,0 +1,16 @@
+-- name: try_relay_lock
+-- One relay at a time across replicas keeps per-event order simple; the others stand by.
+SELECT pg_try_advisory_lock(%(key)s) AS locked;
+
+-- name: unpublished
+-- By id, which per event is commit order: writers take the event row lock before they insert.
+SELECT id, event_id::text AS event_id, payload FROM outbox
+WHERE published_at IS NULL
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: mark_published
+UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%(ids)s);
+
+-- name: purge_published
+DELETE FROM outbox WHERE published_at < clock_timestamp() - make_interval(secs => %(keep_s)s);
