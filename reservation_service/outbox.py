@@ -21,7 +21,7 @@ import nats
 import psycopg
 from nats.js.api import PubAck
 from psycopg_pool import AsyncConnectionPool
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from reservation_service import sql
 from slotlock.feed import Feed
@@ -108,7 +108,7 @@ class OutboxRelay:
     async def _connect_nats(self) -> None:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(Exception),
-            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            wait=wait_random_exponential(multiplier=0.1, max=2.0),
         ):
             with attempt:
                 # pending_size=0: while disconnected, publishes fail at once instead of being
@@ -193,7 +193,7 @@ class OutboxRelay:
     async def _mark_published(self, ids: list[int]) -> None:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(psycopg.OperationalError),
-            wait=wait_exponential_jitter(initial=0.05, max=1.0),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
         ):
             with attempt:
                 async with self._pool.connection() as conn:

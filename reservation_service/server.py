@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -101,11 +100,12 @@ class ReservationServer:
             await self.batcher.close()
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self.tasks:
+            _, stuck = await asyncio.wait(self.tasks, timeout=5)
+            for task in stuck:
+                log.warning("background task %s did not stop within 5 s", task.get_name())
         if self.pool is not None:
-            await self.pool.close()
+            await self.pool.close(timeout=5)
 
 
 async def serve(settings: Settings) -> None:

@@ -25,7 +25,7 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from reservation_service import errors, holds, sql
@@ -403,7 +403,7 @@ class ReservationStore:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(retry_on),
                 stop=stop_after_attempt(4),
-                wait=wait_exponential_jitter(initial=0.02, max=0.5),
+                wait=wait_random_exponential(multiplier=0.02, max=0.5),
                 reraise=True,
             ):
                 with attempt:
