@@ -1,0 +1,139 @@
+"""The outbox relay: every committed change reaches JetStream exactly once, in order per event,
+even when NATS stops and starts again mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+
+import grpc
+import nats
+import psycopg
+
+from reservation_service.outbox import with_change_id
+from slotlock.feed import Feed
+from slotlock.v1 import changes_pb2, reservation_pb2
+from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
+from slotlock_cli.devstack import EmbeddedNats
+from tests.integration.conftest import StartReservation
+from tests.integration.helpers import event_request
+
+
+def test_change_id_is_appended_without_reencoding() -> None:
+    change = changes_pb2.EventChange(type=changes_pb2.CHANGE_TYPE_HOLD_CREATED)
+    change.event.version = 7
+    for change_id in (1, 127, 128, 300, 2**40):
+        parsed = changes_pb2.EventChange.FromString(
+            with_change_id(change.SerializeToString(), change_id)
+        )
+        assert parsed.change_id == change_id
+        assert parsed.event.version == 7
+
+
+async def read_stream(nats_url: str, feed: Feed) -> list[tuple[str, int, changes_pb2.EventChange]]:
+    """Every message in the stream, in stream order: (subject, msg id header, change)."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(feed.stream)
+        found = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(feed.stream, seq)
+            assert msg.headers is not None
+            found.append(
+                (
+                    msg.subject,
+                    int(msg.headers["Nats-Msg-Id"]),
+                    changes_pb2.EventChange.FromString(msg.data),
+                )
+            )
+        return found
+    finally:
+        await nc.close()
+
+
+async def wait_all_published(database_url: str, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE published_at IS NULL), count(*) FROM outbox"
+            ).fetchone()
+            assert row is not None
+            if row[0] == 0:
+                return int(row[1])
+            assert time.monotonic() < deadline, f"{row[0]} outbox rows still unpublished"
+            await asyncio.sleep(0.1)
+
+
+async def test_every_change_arrives_once_in_order_across_a_nats_outage(
+    start_reservation: StartReservation, own_nats: EmbeddedNats, feed: Feed, database_url: str
+) -> None:
+    server = await start_reservation(nats_url=own_nats.url, hold_ttl_s=60)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = ReservationServiceStub(channel)
+        events = [
+            await stub.UpsertEvent(event_request(f"RELAY-{i}", capacity=1000)) for i in range(3)
+        ]
+        rng = random.Random(3)
+
+        async def churn(rounds: int) -> None:
+            for _ in range(rounds):
+                event = rng.choice(events)
+                created = await stub.CreateHold(
+                    reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=rng.randint(1, 3))
+                )
+                if rng.random() < 0.5:
+                    await stub.ReleaseHold(
+                        reservation_pb2.ReleaseHoldRequest(
+                            reservation_id=created.reservation.id, hold_token=created.hold_token
+                        )
+                    )
+
+        await asyncio.gather(*(churn(15) for _ in range(4)))
+        own_nats.stop()  # the broker goes away mid-stream; writes go on
+        await asyncio.gather(*(churn(15) for _ in range(4)))
+        with psycopg.connect(database_url) as conn:
+            waiting = conn.execute(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            ).fetchone()
+        assert waiting is not None and waiting[0] > 0, "rows should wait while NATS is down"
+        own_nats.start()
+        await asyncio.gather(*(churn(10) for _ in range(4)))
+        total = await wait_all_published(database_url)
+
+    messages = await read_stream(own_nats.url, feed)
+    with psycopg.connect(database_url) as conn:
+        outbox_ids = [
+            row[0] for row in conn.execute("SELECT id FROM outbox ORDER BY id").fetchall()
+        ]
+        final = dict(conn.execute("SELECT id::text, version FROM events").fetchall())
+    assert len(outbox_ids) == total
+    ids = [msg_id for _, msg_id, _ in messages]
+    assert sorted(ids) == outbox_ids, "each committed change exactly once"
+    by_event: dict[str, list[int]] = defaultdict(list)
+    for subject, msg_id, change in messages:
+        assert change.change_id == msg_id
+        assert subject == feed.subject_for(change.event.id)
+        by_event[change.event.id].append(change.event.version)
+    for event_id, versions in by_event.items():
+        assert versions == list(range(1, final[event_id] + 1)), f"event {event_id} out of order"
+
+
+async def test_relay_standby_replica_takes_over(
+    start_reservation: StartReservation, feed: Feed, database_url: str, stack: object
+) -> None:
+    first = await start_reservation()
+    second = await start_reservation()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        stub = ReservationServiceStub(channel)
+        event = await stub.UpsertEvent(event_request("RELAY-HA", capacity=100))
+        await stub.CreateHold(reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=1))
+        await wait_all_published(database_url, timeout=10)
+        await first.stop(grace=0)
+        await stub.CreateHold(reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=2))
+        total = await wait_all_published(database_url, timeout=10)
+    assert first.relay is not None and second.relay is not None
+    assert first.relay.published + second.relay.published == total == 3
