@@ -222,9 +222,7 @@ class ReservationStore:
                 outcomes.append(reservation)
             await _update_reservations(cur, expired)
             if placed:
-                await cur.executemany(
-                    HOLDS["insert_reservation"], [_reservation_params(r) for r in placed]
-                )
+                await cur.execute(HOLDS["insert_reservations"], _new_holds_params(placed))
             if changes:
                 await cur.execute(HOLDS["update_event_counters"], _counter_params(event, now))
             return outcomes, changes
@@ -377,12 +375,12 @@ class ReservationStore:
         async def transaction(cur: Cursor) -> tuple[T, list[Change]]:
             result, changes = await work(cur)
             if changes:
-                await cur.executemany(
+                await cur.execute(
                     HOLDS["insert_outbox"],
-                    [
-                        {"event_id": c.event.id, "payload": change_to_proto(c).SerializeToString()}
-                        for c in changes
-                    ],
+                    {
+                        "event_ids": [c.event.id for c in changes],
+                        "payloads": [change_to_proto(c).SerializeToString() for c in changes],
+                    },
                 )
                 if self._notify:
                     await cur.execute(HOLDS["notify_outbox"])
@@ -520,6 +518,24 @@ def _reservation_from_row(row: DictRow) -> Reservation:
         idempotency_key=row["idempotency_key"],
         request_fingerprint=row["request_fingerprint"],
     )
+
+
+def _new_holds_params(placed: Sequence[Reservation]) -> dict[str, Any]:
+    """Array parameters for insert_reservations: holds placed in one batch share their event and
+    their clock (created_at, expires_at)."""
+    first = placed[0]
+    assert all(r.event_id == first.event_id and r.created_at == first.created_at for r in placed)
+    return {
+        "event_id": first.event_id,
+        "now": first.created_at,
+        "expires_at": first.expires_at,
+        "ids": [r.id for r in placed],
+        "quantities": [r.quantity for r in placed],
+        "ticket_types": [r.ticket_type.value for r in placed],
+        "customer_refs": [r.customer_ref for r in placed],
+        "idempotency_keys": [r.idempotency_key for r in placed],
+        "request_fingerprints": [r.request_fingerprint for r in placed],
+    }
 
 
 def _reservation_params(reservation: Reservation) -> dict[str, Any]:

@@ -1,0 +1,133 @@
+"""`slotlock bench expiry`: many short holds; the lag from each hold's expires_at to its
+HOLD_EXPIRED change arriving on the JetStream feed (released and published).
+
+Last line JSON: {"lag_p50_ms": ..., "lag_p99_ms": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+
+from slotlock.feed import Feed
+from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2, reservation_pb2_grpc
+from slotlock_cli.bench.holds import create_hot_event
+from slotlock_cli.dev import ensure_database
+from slotlock_cli.devstack import DevStack, free_port
+from slotlock_cli.processes import ServiceProcess
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "expiry", help="lag from expires_at to the release being published"
+    )
+    parser.add_argument("--holds", type=int, default=2000, help="holds to create")
+    parser.add_argument("--ttl", type=float, default=2.0, help="hold TTL in seconds")
+    parser.add_argument("--spread", type=float, default=5.0, help="seconds to create them over")
+    parser.add_argument("--events", type=int, default=20, help="events the holds spread over")
+    parser.add_argument("--database-url", help="a real PostgreSQL server instead of embedded")
+    parser.add_argument("--nats-url", help="a real NATS server instead of embedded")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    feed = Feed(stream="BENCH_EXPIRY", subject_prefix="bench.expiry")
+    with (
+        tempfile.TemporaryDirectory(prefix="slotlock-bench-") as tmp,
+        DevStack(database_url=args.database_url, nats_url=args.nats_url, root=Path(tmp)) as stack,
+    ):
+        database_url = stack.database_url
+        if stack.postgres is not None:
+            database_url = ensure_database(stack.database_url, "bench")
+        port = free_port()
+        service = ServiceProcess(
+            "reservation_service",
+            {
+                "SLOTLOCK_DATABASE_URL": database_url,
+                "SLOTLOCK_NATS_URL": stack.nats_url,
+                "SLOTLOCK_RESERVATION_PORT": str(port),
+                "SLOTLOCK_HOLD_TTL_S": str(args.ttl),
+                "SLOTLOCK_LOG_LEVEL": "WARNING",
+                "SLOTLOCK_STREAM": feed.stream,
+                "SLOTLOCK_SUBJECT_PREFIX": feed.subject_prefix,
+            },
+            name="reservation service",
+        ).start()
+        try:
+            address = f"127.0.0.1:{port}"
+            service.wait_serving(address)
+            events = [create_hot_event(address, f"BENCH-EXP-{i}") for i in range(args.events)]
+            lags = asyncio.run(measure(address, stack.nats_url, feed, events, args))
+        finally:
+            service.stop()
+    lags.sort()
+    p50 = statistics.median(lags)
+    p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+    print(
+        f"{len(lags)} holds expired; lag from expires_at to the release on the feed: "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {lags[-1]:.1f} ms"
+    )
+    print(json.dumps({"lag_p50_ms": round(p50, 2), "lag_p99_ms": round(p99, 2)}))
+    return 0
+
+
+async def measure(
+    address: str, nats_url: str, feed: Feed, events: list[str], args: argparse.Namespace
+) -> list[float]:
+    expires: dict[str, float] = {}
+    released: dict[str, float] = {}
+    done = asyncio.Event()
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await feed.ensure_stream(js)
+
+    async def on_change(msg: Any) -> None:
+        change = changes_pb2.EventChange.FromString(msg.data)
+        if change.type == changes_pb2.CHANGE_TYPE_HOLD_EXPIRED:
+            released[change.reservation.id] = time.time()
+            if len(released) >= args.holds:
+                done.set()
+
+    from nats.js.api import DeliverPolicy
+
+    sub = await js.subscribe(
+        feed.all_subjects, cb=on_change, deliver_policy=DeliverPolicy.NEW, ordered_consumer=True
+    )
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = reservation_pb2_grpc.ReservationServiceStub(channel)
+        gap = args.spread / args.holds
+
+        async def one(i: int) -> None:
+            reply = await stub.CreateHold(
+                reservation_pb2.CreateHoldRequest(
+                    event_id=events[i % len(events)],
+                    quantity=1,
+                    ticket_type=catalog_pb2.TICKET_TYPE_DINNER,
+                )
+            )
+            expires[reply.reservation.id] = reply.reservation.expires_at.ToDatetime(
+                tzinfo=UTC
+            ).timestamp()
+
+        tasks = []
+        start = time.monotonic()
+        for i in range(args.holds):
+            tasks.append(asyncio.create_task(one(i)))
+            delay = start + (i + 1) * gap - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await asyncio.gather(*tasks)
+        await asyncio.wait_for(done.wait(), timeout=args.ttl + 60)
+    await sub.unsubscribe()
+    await nc.close()
+    return [(released[r] - expires[r]) * 1000 for r in expires if r in released]

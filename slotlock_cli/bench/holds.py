@@ -1,0 +1,202 @@
+"""`slotlock bench holds`: CreateHold throughput through gRPC on one hot event, next to the raw
+Postgres limit of the same transaction shape (pgbench, no gRPC, one hold per transaction).
+
+Prints both and their ratio; the last line is JSON:
+{"holds_per_s": ..., "raw_pg_tps": ..., "ratio": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2, reservation_pb2_grpc
+from slotlock_cli.dev import ensure_database
+from slotlock_cli.devstack import DevStack, free_port, postgres_install_dir
+from slotlock_cli.processes import ServiceProcess
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "holds", help="CreateHold throughput on one hot event vs the raw Postgres limit"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
+    parser.add_argument("--concurrency", type=int, default=128, help="calls in flight")
+    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument("--pgbench-clients", type=int, default=16)
+    parser.add_argument("--database-url", help="a real PostgreSQL server instead of embedded")
+    parser.add_argument("--nats-url", help="a real NATS server instead of embedded")
+    parser.set_defaults(handler=run)
+
+
+# The transaction CreateHold runs for one hold (see reservation_service/sql/holds.sql), for pgbench.
+PGBENCH_SCRIPT = """\
+BEGIN;
+SELECT *, clock_timestamp() AS db_now FROM events WHERE id = '{event_id}' FOR UPDATE;
+SELECT * FROM reservations
+  WHERE event_id = '{event_id}' AND status = 'PENDING' AND expires_at <= clock_timestamp()
+  ORDER BY expires_at FOR UPDATE SKIP LOCKED;
+INSERT INTO reservations (id, event_id, quantity, ticket_type, status, customer_ref,
+                          idempotency_key, request_fingerprint, created_at, updated_at, expires_at)
+  VALUES (gen_random_uuid(), '{event_id}', 1, 'DINNER', 'PENDING', 'bench', NULL, NULL,
+          clock_timestamp(), clock_timestamp(), clock_timestamp() + interval '300 seconds');
+UPDATE events SET pending = pending + 1, version = version + 1, updated_at = clock_timestamp()
+  WHERE id = '{event_id}';
+INSERT INTO outbox (event_id, payload) VALUES ('{event_id}', decode('{payload}', 'hex'));
+SELECT pg_notify('slotlock_outbox', '');
+COMMIT;
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    with (
+        tempfile.TemporaryDirectory(prefix="slotlock-bench-") as tmp,
+        DevStack(database_url=args.database_url, nats_url=args.nats_url, root=Path(tmp)) as stack,
+    ):
+        database_url = stack.database_url
+        if stack.postgres is not None:
+            database_url = ensure_database(stack.database_url, "bench")
+        port = free_port()
+        service = ServiceProcess(
+            "reservation_service",
+            {
+                "SLOTLOCK_DATABASE_URL": database_url,
+                "SLOTLOCK_NATS_URL": stack.nats_url,
+                "SLOTLOCK_RESERVATION_PORT": str(port),
+                "SLOTLOCK_MAX_SEATS_PER_HOLD": "10",
+                "SLOTLOCK_LOG_LEVEL": "WARNING",
+                "SLOTLOCK_STREAM": "BENCH_HOLDS",
+                "SLOTLOCK_SUBJECT_PREFIX": "bench.holds",
+            },
+            name="reservation service",
+        ).start()
+        try:
+            address = f"127.0.0.1:{port}"
+            service.wait_serving(address)
+            event_id = create_hot_event(address, "BENCH-HOT-GRPC")
+            holds_per_s = measure_grpc(address, event_id, args)
+            print(
+                f"gRPC CreateHold on one hot event: {holds_per_s:,.0f} holds/s "
+                f"({args.concurrency} in flight x {args.client_processes} process(es), "
+                f"{args.seconds:.0f} s)"
+            )
+            raw_event = create_hot_event(address, "BENCH-HOT-RAW")
+        finally:
+            service.stop()
+        raw_tps = measure_pgbench(database_url, raw_event, args)
+        print(
+            f"raw Postgres, same transaction, one hold per commit: {raw_tps:,.0f} tps "
+            f"(pgbench, {args.pgbench_clients} clients)"
+        )
+        ratio = holds_per_s / raw_tps if raw_tps else 0.0
+        print(f"ratio: {ratio:.2f} (group commit batches concurrent holds of one event)")
+        print(
+            json.dumps(
+                {
+                    "holds_per_s": round(holds_per_s, 1),
+                    "raw_pg_tps": round(raw_tps, 1),
+                    "ratio": round(ratio, 3),
+                }
+            )
+        )
+    return 0
+
+
+def create_hot_event(address: str, code: str) -> str:
+    with grpc.insecure_channel(address) as channel:
+        stub = reservation_pb2_grpc.ReservationServiceStub(channel)
+        event = stub.UpsertEvent(
+            reservation_pb2.UpsertEventRequest(
+                code=code,
+                experience_title="Benchmark Night",
+                local_date="2099-12-31",
+                local_start_time="19:00",
+                capacity=1_000_000,
+                dinner_price=catalog_pb2.Money(amount=1, currency="VND"),
+            ),
+            timeout=10,
+        )
+        return str(event.id)
+
+
+def measure_grpc(address: str, event_id: str, args: argparse.Namespace) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(args.client_processes) as pool:
+        counts = pool.starmap(
+            _client_process,
+            [(address, event_id, args.concurrency, args.seconds)] * args.client_processes,
+        )
+    total: int = sum(ok for ok, _ in counts)
+    return total / float(args.seconds)
+
+
+def _client_process(
+    address: str, event_id: str, concurrency: int, seconds: float
+) -> tuple[int, int]:
+    return asyncio.run(_drive(address, event_id, concurrency, seconds))
+
+
+async def _drive(address: str, event_id: str, concurrency: int, seconds: float) -> tuple[int, int]:
+    ok = failed = 0
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = reservation_pb2_grpc.ReservationServiceStub(channel)
+        request = reservation_pb2.CreateHoldRequest(
+            event_id=event_id, quantity=1, customer_ref="bench"
+        )
+        await stub.CreateHold(request)  # warm up the channel
+        deadline = time.monotonic() + seconds
+
+        async def worker() -> None:
+            nonlocal ok, failed
+            while time.monotonic() < deadline:
+                try:
+                    await stub.CreateHold(request, timeout=10)
+                    ok += 1
+                except grpc.aio.AioRpcError:
+                    failed += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok, failed
+
+
+def measure_pgbench(database_url: str, event_id: str, args: argparse.Namespace) -> float:
+    sample = changes_pb2.EventChange(type=changes_pb2.CHANGE_TYPE_HOLD_CREATED)
+    sample.event.id = event_id
+    sample.event.experience_title = "Benchmark Night"
+    sample.reservation.id = event_id
+    payload = sample.SerializeToString().hex()
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(PGBENCH_SCRIPT.format(event_id=event_id, payload=payload))
+    result = subprocess.run(
+        [
+            str(postgres_install_dir() / "bin" / "pgbench"),
+            "--no-vacuum",
+            "--client",
+            str(args.pgbench_clients),
+            "--jobs",
+            "2",
+            "--time",
+            str(max(1, round(args.seconds))),
+            "--file",
+            script.name,
+            database_url,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"pgbench failed:\n{result.stderr[-2000:]}")
+    match = re.search(r"tps = ([\d.]+)", result.stdout)
+    if not match:
+        raise RuntimeError(f"pgbench printed no tps:\n{result.stdout}\n{result.stderr}")
+    return float(match.group(1))
