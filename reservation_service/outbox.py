@@ -20,15 +20,20 @@ from typing import Any
 import nats
 import psycopg
 from nats.js.api import PubAck
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from reservation_service import sql
+from reservation_service.convert import event_to_proto, timestamp
+from reservation_service.store import event_from_row
 from slotlock.feed import Feed
+from slotlock.v1 import changes_pb2
 
 log = logging.getLogger(__name__)
 
 QUERIES = sql.queries("outbox.sql")
+_FIRST_ID = "00000000-0000-0000-0000-000000000000"
 RELAY_LOCK_KEY = 0x510710D
 NOTIFY_CHANNEL = "slotlock_outbox"
 
@@ -66,6 +71,7 @@ class OutboxRelay:
         linger_s: float = 0.005,
         ack_timeout_s: float = 5.0,
         keep_published_s: float = 86400.0,
+        reconcile_every_s: float = 300.0,
     ) -> None:
         self._pool = pool
         self._conninfo = conninfo
@@ -76,6 +82,9 @@ class OutboxRelay:
         self._linger_s = linger_s
         self._ack_timeout_s = ack_timeout_s
         self._keep_published_s = keep_published_s
+        self._reconcile_every_s = reconcile_every_s
+        self._next_reconcile = 0.0  # loop time; 0 = as soon as the outbox is drained
+        self._reconcile_after = _FIRST_ID  # where the running reconciliation pass has got to
         self._wake = asyncio.Event()
         self._nc: Any = None
         self._js: Any = None
@@ -153,6 +162,8 @@ class OutboxRelay:
             rounds += 1
             if rounds % purge_every == 0:
                 await self._purge()
+            if asyncio.get_running_loop().time() >= self._next_reconcile:
+                await self._reconcile_or_retry_later()
             await lock_conn.execute("SELECT 1")  # notice a dead lock connection promptly
             await self._sleep_until_woken()
             # Let the commits that come right behind this one join the next round: a few ms of
@@ -211,6 +222,76 @@ class OutboxRelay:
     async def _purge(self) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(QUERIES["purge_published"], {"keep_s": self._keep_published_s})
+
+    async def _reconcile_or_retry_later(self) -> None:
+        """One page of the reconciliation pass per relay round, so a large catalog never holds
+        up publishing for long."""
+        loop = asyncio.get_running_loop()
+        try:
+            repaired, after = await self.reconcile_page(self._reconcile_after)
+        except Exception as error:  # NATS or the database went away: try again soon
+            log.warning("outbox relay: reconciliation failed: %s", error)
+            self._next_reconcile = loop.time() + 5.0
+            return
+        if repaired:
+            log.warning("outbox relay: re-published the state of %d events", repaired)
+        if after is None:  # the pass is complete
+            self._reconcile_after = _FIRST_ID
+            self._next_reconcile = loop.time() + self._reconcile_every_s
+        else:
+            self._reconcile_after = after
+
+    async def reconcile(self) -> int:
+        """A whole reconciliation pass at once; returns how many events it repaired."""
+        repaired = 0
+        after: str | None = _FIRST_ID
+        while after is not None:
+            count, after = await self.reconcile_page(after)
+            repaired += count
+        return repaired
+
+    async def reconcile_page(self, after: str, limit: int = 500) -> tuple[int, str | None]:
+        """Postgres is the truth: re-publish the current state of each event (one page, by id)
+        whose last message on the feed is behind the database. JetStream can lose acknowledged
+        writes on power loss, and a stream can be recreated. Runs inside the relay loop, so no
+        outbox publish interleaves with it and the feed's per-event order is kept. Returns how
+        many it repaired and where the next page starts (None: the pass is complete)."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(QUERIES["event_states"], {"after": after, "limit": limit})
+            rows = await cur.fetchall()
+        repaired = 0
+        for row in rows:
+            event = event_from_row(row)
+            if await self._version_on_feed(event.id) >= event.version:
+                continue
+            async with self._pool.connection() as conn:
+                cur2 = await conn.execute(QUERIES["has_unpublished"], {"event_id": event.id})
+                waiting = await cur2.fetchone()
+            if waiting and waiting[0]:
+                continue  # the outbox brings it, in order
+            snapshot = changes_pb2.EventChange(
+                type=changes_pb2.CHANGE_TYPE_STATE_SNAPSHOT,
+                event=event_to_proto(event),
+                occurred_at=timestamp(row["updated_at"]),
+            )
+            await self._js.publish(
+                self._feed.subject_for(event.id),
+                snapshot.SerializeToString(),
+                headers={"Nats-Msg-Id": f"snapshot-{event.id}-{event.version}"},
+            )
+            repaired += 1
+        return repaired, (str(rows[-1]["id"]) if len(rows) == limit else None)
+
+    async def _version_on_feed(self, event_id: str) -> int:
+        from nats.js.errors import NotFoundError
+
+        try:
+            msg = await self._js.get_last_msg(self._feed.stream, self._feed.subject_for(event_id))
+        except NotFoundError:
+            return 0
+        version: int = changes_pb2.EventChange.FromString(msg.data).event.version
+        return version
 
     async def _sleep_until_woken(self) -> None:
         with contextlib.suppress(TimeoutError):

@@ -118,7 +118,7 @@ class ReservationStore:
                     CATALOG["lock_pending_holds_of_event"], {"event_id": existing["id"]}
                 )
                 pending = await cur.fetchall()
-            event = _event_from_row(existing)
+            event = event_from_row(existing)
             changes: list[Change] = []
             released: list[Reservation] = []
             for row in pending:
@@ -141,7 +141,7 @@ class ReservationStore:
             row = await cur.fetchone()
             if row is None:
                 raise errors.EventNotFound(event_id)
-            return _event_from_row(row)
+            return event_from_row(row)
 
         return await self._read(work)
 
@@ -165,7 +165,7 @@ class ReservationStore:
                     "limit": page.limit + 1,
                 },
             )
-            return [_event_from_row(row) for row in await cur.fetchall()]
+            return [event_from_row(row) for row in await cur.fetchall()]
 
         events = await self._read(work)
         more = len(events) > page.limit
@@ -187,7 +187,7 @@ class ReservationStore:
             if row is None:
                 raise errors.EventNotFound(event_id)
             now: datetime = row["db_now"]
-            event = _event_from_row(row)
+            event = event_from_row(row)
             changes: list[Change] = []
             # A lapsed hold never blocks a buyer: release it before counting seats.
             await cur.execute(
@@ -306,7 +306,7 @@ class ReservationStore:
             now: datetime = claimed[0]["db_now"]
             event_ids = sorted({str(row["event_id"]) for row in claimed})
             await cur.execute(EXPIRY["lock_events"], {"ids": event_ids})
-            events = {str(row["id"]): _event_from_row(row) for row in await cur.fetchall()}
+            events = {str(row["id"]): event_from_row(row) for row in await cur.fetchall()}
             changes: list[Change] = []
             expired: list[Reservation] = []
             for row in claimed:
@@ -344,7 +344,7 @@ class ReservationStore:
             await cur.execute(HOLDS["lock_event"], {"id": reservation.event_id})
             row = await cur.fetchone()
             assert row is not None, "reservations reference their event"
-            outcome = action(_event_from_row(row), reservation, now)
+            outcome = action(event_from_row(row), reservation, now)
             if outcome is None:  # an idempotent retry: nothing to change
                 return reservation, []
             event, changed, change = outcome
@@ -442,7 +442,7 @@ async def _update_reservations(cur: Cursor, reservations: Sequence[Reservation])
         )
 
 
-def _event_from_row(row: DictRow) -> Event:
+def event_from_row(row: DictRow) -> Event:
     return Event(
         id=str(row["id"]),
         code=row["code"],

@@ -14,3 +14,12 @@ UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%(ids)s);
 
 -- name: purge_published
 DELETE FROM outbox WHERE published_at < clock_timestamp() - make_interval(secs => %(keep_s)s);
+
+-- name: event_states
+-- For reconciliation: each event's current state, a page at a time.
+SELECT * FROM events WHERE id > %(after)s ORDER BY id LIMIT %(limit)s;
+
+-- name: has_unpublished
+SELECT EXISTS (
+    SELECT 1 FROM outbox WHERE event_id = %(event_id)s AND published_at IS NULL
+) AS waiting;

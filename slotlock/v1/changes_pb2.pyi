@@ -35,6 +35,11 @@ class _ChangeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeType
     CHANGE_TYPE_HOLD_RELEASED: _ChangeType.ValueType  # 4
     CHANGE_TYPE_HOLD_EXPIRED: _ChangeType.ValueType  # 5
     CHANGE_TYPE_RESERVATION_REFUNDED: _ChangeType.ValueType  # 6
+    CHANGE_TYPE_STATE_SNAPSHOT: _ChangeType.ValueType  # 7
+    """Not a change: the event's current state, re-published by the relay when the feed's last
+    message for the event is behind the database (e.g. JetStream lost acknowledged writes, or the
+    stream was recreated). change_id is 0; event.version is the database's.
+    """
 
 class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper): ...
 
@@ -45,6 +50,11 @@ CHANGE_TYPE_HOLD_CONFIRMED: ChangeType.ValueType  # 3
 CHANGE_TYPE_HOLD_RELEASED: ChangeType.ValueType  # 4
 CHANGE_TYPE_HOLD_EXPIRED: ChangeType.ValueType  # 5
 CHANGE_TYPE_RESERVATION_REFUNDED: ChangeType.ValueType  # 6
+CHANGE_TYPE_STATE_SNAPSHOT: ChangeType.ValueType  # 7
+"""Not a change: the event's current state, re-published by the relay when the feed's last
+message for the event is behind the database (e.g. JetStream lost acknowledged writes, or the
+stream was recreated). change_id is 0; event.version is the database's.
+"""
 Global___ChangeType: _TypeAlias = ChangeType  # noqa: Y015
 
 @_typing.final

@@ -10,13 +10,14 @@ from collections import defaultdict
 
 import grpc
 import nats
+import nats.js.errors
 import psycopg
 
 from reservation_service.outbox import with_change_id
 from slotlock.feed import Feed
 from slotlock.v1 import changes_pb2, reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
-from slotlock_cli.devstack import EmbeddedNats
+from slotlock_cli.devstack import DevStack, EmbeddedNats
 from tests.integration.conftest import StartReservation
 from tests.integration.helpers import event_request
 
@@ -137,3 +138,43 @@ async def test_relay_standby_replica_takes_over(
         total = await wait_all_published(database_url, timeout=10)
     assert first.relay is not None and second.relay is not None
     assert first.relay.published + second.relay.published == total == 3
+
+
+async def test_relay_repairs_a_feed_that_lost_messages(
+    start_reservation: StartReservation, stack: DevStack, feed: Feed, database_url: str
+) -> None:
+    """Postgres is the truth: if JetStream loses acknowledged messages (or the stream is purged),
+    the relay re-publishes each event's current state, at the database's version."""
+    first = await start_reservation()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        stub = ReservationServiceStub(channel)
+        events = [await stub.UpsertEvent(event_request(f"HEAL-{i}", capacity=50)) for i in range(3)]
+        for event in events:
+            await stub.CreateHold(reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=2))
+        await wait_all_published(database_url, timeout=10)
+    await first.stop(grace=0)
+
+    nc = await nats.connect(stack.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.purge_stream(feed.stream)  # the broker "forgot" everything
+        await start_reservation()
+        with psycopg.connect(database_url) as conn:
+            truth = dict(conn.execute("SELECT id::text, version FROM events").fetchall())
+        deadline = time.monotonic() + 10
+        while True:
+            on_feed = {}
+            for event_id in truth:
+                try:
+                    msg = await js.get_last_msg(feed.stream, feed.subject_for(event_id))
+                except nats.js.errors.NotFoundError:
+                    continue
+                change = changes_pb2.EventChange.FromString(msg.data)
+                assert change.type == changes_pb2.CHANGE_TYPE_STATE_SNAPSHOT
+                on_feed[event_id] = change.event.version
+            if on_feed == truth:
+                break
+            assert time.monotonic() < deadline, f"feed {on_feed} != database {truth}"
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
