@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "slotlock_cli.dev",
     "slotlock_cli.bench",
+    "slotlock_cli.operator",
 )
 
 

@@ -10,6 +10,8 @@ from typing import Any
 BENCH_MODULES: tuple[str, ...] = (
     "slotlock_cli.bench.holds",
     "slotlock_cli.bench.expiry",
+    "slotlock_cli.bench.fanout",
+    "slotlock_cli.bench.rebuild",
 )
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import grpc
 import pytest
 
-from slotlock.v1 import catalog_pb2, reservation_pb2 as r
+from slotlock.v1 import catalog_pb2
+from slotlock.v1 import reservation_pb2 as r
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
 from tests.integration.helpers import event_request, snapshot
 

@@ -4,8 +4,8 @@ expirers at once releasing each hold exactly once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
