@@ -1,0 +1,51 @@
+"""``python -m availability_service`` / ``slotlock-availability``: read settings, serve until
+SIGTERM or SIGINT, then shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+
+from availability_service.server import AvailabilityServer
+from availability_service.settings import Settings, SettingsError
+
+
+async def serve(settings: Settings) -> None:
+    server = await AvailabilityServer(settings).start()
+
+    async def freeze_when_ready() -> None:
+        # The rebuilt view is long-lived: keep the collector from re-scanning it on every pass
+        # (a process-wide choice, hence here and not in the server tests also run in-process).
+        await server.view.wait_ready()
+        gc.freeze()
+
+    freezer = asyncio.create_task(freeze_when_ready())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger(__name__).info("shutting down")
+    freezer.cancel()
+    await server.stop()
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as error:
+        print(f"slotlock-availability: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

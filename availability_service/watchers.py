@@ -1,0 +1,149 @@
+"""The hub that fans updates out to watch streams.
+
+Each watcher holds a "latest per event" slot map and a wake-up signal, not a queue: a slow watcher
+only ever gets the newest state of each event (conflation), never blocks the feed, and holds at
+most one entry per watched event. Updates are built once by the caller and the same object is
+handed to every watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from slotlock import errors
+
+M = TypeVar("M")
+
+
+class TooManyWatchers(errors.Unavailable):
+    """The watcher cap is reached; a client may retry later or on another replica.
+
+    A category of its own would map to RESOURCE_EXHAUSTED, but the one mapping table lives in
+    ``slotlock.grpc_errors``; until it grows one, this reports UNAVAILABLE."""
+
+
+@dataclass(frozen=True, slots=True)
+class Update(Generic[M]):
+    """One accepted change: its message, and that message already serialized (``payload``), so
+    that fan-out writes the same bytes to every watcher instead of serializing per stream."""
+
+    event_id: str
+    version: int
+    message: M
+    payload: bytes = b""
+
+
+class Watcher(Generic[M]):
+    """One watch stream's mailbox: the latest update per event plus a wake-up."""
+
+    __slots__ = ("_closed", "_slots", "_wake", "event_ids")
+
+    def __init__(self, event_ids: frozenset[str] | None) -> None:
+        self.event_ids = event_ids  # None = every event
+        self._slots: dict[str, Update[M]] = {}
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def offer(self, update: Update[M]) -> None:
+        """Keep ``update`` unless the slot already holds this or a newer version."""
+        held = self._slots.get(update.event_id)
+        if held is not None and held.version >= update.version:
+            return
+        self._slots[update.event_id] = update
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._slots)
+
+    def take(self) -> list[Update[M]]:
+        """Everything waiting, oldest slot first; empties the mailbox."""
+        batch = list(self._slots.values())
+        self._slots.clear()
+        self._wake.clear()
+        return batch
+
+    async def next_batch(self) -> list[Update[M]]:
+        while not self._slots:
+            if self._closed:
+                raise errors.Unavailable("the service is shutting down")
+            self._wake.clear()
+            await self._wake.wait()
+        return self.take()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+
+class WatcherHub(Generic[M]):
+    """Routes each update to the watchers of its event, in O(watchers of that event)."""
+
+    def __init__(self, max_watchers: int) -> None:
+        self.max_watchers = max_watchers
+        self._all: set[Watcher[M]] = set()
+        self._by_event: dict[str, set[Watcher[M]]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def register(
+        self, event_ids: Iterable[str] | None, initial: Iterable[Update[M]] = ()
+    ) -> Watcher[M]:
+        """A new watcher primed with ``initial`` (the current states it should see first).
+
+        Synchronous on purpose: no update can slip between the snapshot and the registration."""
+        if self._count >= self.max_watchers:
+            raise TooManyWatchers(
+                f"too many watchers on this replica ({self.max_watchers}); retry later"
+            )
+        ids = None if event_ids is None else frozenset(event_ids)
+        watcher: Watcher[M] = Watcher(ids)
+        for update in initial:
+            watcher.offer(update)
+        if ids is None:
+            self._all.add(watcher)
+        else:
+            for event_id in ids:
+                self._by_event.setdefault(event_id, set()).add(watcher)
+        self._count += 1
+        return watcher
+
+    def unregister(self, watcher: Watcher[M]) -> None:
+        """Forget ``watcher`` (idempotent); its slots are dropped with it."""
+        watcher.close()
+        if watcher.event_ids is None:
+            if watcher in self._all:
+                self._all.discard(watcher)
+                self._count -= 1
+            return
+        removed = False
+        for event_id in watcher.event_ids:
+            group = self._by_event.get(event_id)
+            if group is not None and watcher in group:
+                group.discard(watcher)
+                removed = True
+                if not group:
+                    del self._by_event[event_id]
+        if removed:
+            self._count -= 1
+
+    def publish(self, update: Update[M]) -> None:
+        """Hand ``update`` to every interested watcher. Never awaits, never blocks."""
+        for watcher in self._all:
+            watcher.offer(update)
+        group = self._by_event.get(update.event_id)
+        if group:
+            for watcher in group:
+                watcher.offer(update)
+
+    def close_all(self) -> None:
+        for watcher in list(self._all):
+            watcher.close()
+        for group in list(self._by_event.values()):
+            for watcher in list(group):
+                watcher.close()
