@@ -16,6 +16,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM us when the parent dies, so a killed
+    `slotlock dev` or test run never leaves services behind."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class ServiceProcess:
     """``python -m <module>`` with ``env`` added to this process's environment."""
 
@@ -42,6 +52,7 @@ class ServiceProcess:
             env={**os.environ, **self.env},
             stdout=self._log if self._log else subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         return self
 
