@@ -1,13 +1,17 @@
-"""`python -m reservation_service` (or `slotlock-reservation`): run one replica."""
+"""`python -m reservation_service` (or `slotlock-reservation`): run one replica.
+
+With SLOTLOCK_WORKERS=N the replica is N processes sharing the port (SO_REUSEPORT, as grpcio sets
+on Linux): a Python process spends most of a hold's CPU in gRPC itself, so one process per core is
+how a replica uses the machine. Workers share nothing but the database: each batches its own
+holds, every expirer shares due holds through SKIP LOCKED, and one relay at a time is active.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import sys
 
-from reservation_service.server import serve
+from reservation_service.server import run_one, run_workers
 from reservation_service.settings import Settings
 from slotlock.errors import SlotlockError
 
@@ -18,16 +22,9 @@ def main() -> None:
     except SlotlockError as error:
         print(f"slotlock-reservation: {error.message}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(serve(settings))
-    except KeyboardInterrupt:
-        pass
-    except OSError as error:
-        print(f"slotlock-reservation: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    if settings.workers > 1:
+        raise SystemExit(run_workers(settings))
+    run_one(settings)
 
 
 if __name__ == "__main__":

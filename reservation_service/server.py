@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import signal
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import psycopg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
@@ -118,3 +122,52 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("reservation service stopping")
     await server.stop()
+
+
+def run_one(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    except (OSError, psycopg.OperationalError) as error:
+        print(f"slotlock-reservation: cannot start: {error}".strip(), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def run_workers(settings: Settings) -> int:
+    """Start the workers, stop them all on SIGTERM/SIGINT or when one dies; the exit code says
+    whether every worker ended cleanly."""
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker, args=(settings,), name=f"reservation-worker-{n}")
+        for n in range(settings.workers)
+    ]
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for worker in workers:
+        worker.start()
+    while not stopping and all(worker.is_alive() for worker in workers):
+        time.sleep(0.2)
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(15)
+    return 0 if stopping and all(w.exitcode in (0, -signal.SIGTERM) for w in workers) else 1
+
+
+def _worker(settings: Settings) -> None:
+    if sys.platform == "linux":  # a worker never outlives its parent
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    run_one(settings)

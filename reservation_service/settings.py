@@ -33,6 +33,7 @@ class Settings:
     notify_other_replicas: bool = True
     run_relay: bool = True
     run_expirer: bool = True
+    workers: int = 1
     log_level: str = "INFO"
 
     @property
@@ -91,5 +92,11 @@ class Settings:
             notify_other_replicas=flag("SLOTLOCK_NOTIFY_OTHER_REPLICAS", d.notify_other_replicas),
             run_relay=flag("SLOTLOCK_RUN_RELAY", d.run_relay),
             run_expirer=flag("SLOTLOCK_RUN_EXPIRER", d.run_expirer),
+            workers=int(number("SLOTLOCK_WORKERS", d.workers, 1, 64)),
             log_level=text("SLOTLOCK_LOG_LEVEL", d.log_level).upper(),
-        )
+        ).checked()
+
+    def checked(self) -> Settings:
+        if self.workers > 1 and self.port == 0:
+            raise InvalidRequest("SLOTLOCK_WORKERS > 1 needs a fixed SLOTLOCK_RESERVATION_PORT")
+        return self

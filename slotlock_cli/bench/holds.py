@@ -33,6 +33,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     parser.add_argument("--concurrency", type=int, default=128, help="calls in flight")
     parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="reservation service processes sharing the port (SLOTLOCK_WORKERS; one per core)",
+    )
+    parser.add_argument(
+        "--channels", type=int, default=8, help="client connections, spread over the workers"
+    )
     parser.add_argument("--pgbench-clients", type=int, default=16)
     parser.add_argument("--database-url", help="a real PostgreSQL server instead of embedded")
     parser.add_argument("--nats-url", help="a real NATS server instead of embedded")
@@ -76,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 "SLOTLOCK_MAX_SEATS_PER_HOLD": "10",
                 "SLOTLOCK_LOG_LEVEL": "WARNING",
                 "SLOTLOCK_STREAM": "BENCH_HOLDS",
+                "SLOTLOCK_WORKERS": str(args.workers),
                 "SLOTLOCK_SUBJECT_PREFIX": "bench.holds",
             },
             name="reservation service",
@@ -87,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
             holds_per_s = measure_grpc(address, event_id, args)
             print(
                 f"gRPC CreateHold on one hot event: {holds_per_s:,.0f} holds/s "
-                f"({args.concurrency} in flight x {args.client_processes} process(es), "
+                f"({args.workers} service worker(s), {args.concurrency} calls in flight over "
+                f"{args.channels} connection(s) x {args.client_processes} client process(es), "
                 f"{args.seconds:.0f} s)"
             )
             raw_event = create_hot_event(address, "BENCH-HOT-RAW")
@@ -134,38 +145,46 @@ def measure_grpc(address: str, event_id: str, args: argparse.Namespace) -> float
     with ctx.Pool(args.client_processes) as pool:
         counts = pool.starmap(
             _client_process,
-            [(address, event_id, args.concurrency, args.seconds)] * args.client_processes,
+            [(address, event_id, args.concurrency, args.seconds, args.channels)]
+            * args.client_processes,
         )
     total: int = sum(ok for ok, _ in counts)
     return total / float(args.seconds)
 
 
 def _client_process(
-    address: str, event_id: str, concurrency: int, seconds: float
+    address: str, event_id: str, concurrency: int, seconds: float, channels: int
 ) -> tuple[int, int]:
-    return asyncio.run(_drive(address, event_id, concurrency, seconds))
+    return asyncio.run(_drive(address, event_id, concurrency, seconds, channels))
 
 
-async def _drive(address: str, event_id: str, concurrency: int, seconds: float) -> tuple[int, int]:
+async def _drive(
+    address: str, event_id: str, concurrency: int, seconds: float, channels: int
+) -> tuple[int, int]:
     ok = failed = 0
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = reservation_pb2_grpc.ReservationServiceStub(channel)
-        request = reservation_pb2.CreateHoldRequest(
-            event_id=event_id, quantity=1, customer_ref="bench"
-        )
-        await stub.CreateHold(request)  # warm up the channel
-        deadline = time.monotonic() + seconds
+    # Separate connections (not one shared subchannel), so the kernel spreads them over workers.
+    opened = [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(channels)
+    ]
+    stubs = [reservation_pb2_grpc.ReservationServiceStub(channel) for channel in opened]
+    request = reservation_pb2.CreateHoldRequest(event_id=event_id, quantity=1, customer_ref="bench")
+    for stub in stubs:
+        await stub.CreateHold(request)  # warm up each connection
+    deadline = time.monotonic() + seconds
 
-        async def worker() -> None:
-            nonlocal ok, failed
-            while time.monotonic() < deadline:
-                try:
-                    await stub.CreateHold(request, timeout=10)
-                    ok += 1
-                except grpc.aio.AioRpcError:
-                    failed += 1
+    async def worker(stub: reservation_pb2_grpc.ReservationServiceStub) -> None:
+        nonlocal ok, failed
+        while time.monotonic() < deadline:
+            try:
+                await stub.CreateHold(request, timeout=10)
+                ok += 1
+            except grpc.aio.AioRpcError:
+                failed += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(stubs[n % channels]) for n in range(concurrency)))
+    for channel in opened:
+        await channel.close()
     return ok, failed
 
 
