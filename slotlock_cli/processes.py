@@ -15,15 +15,20 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM us when the parent dies, so a killed
-    `slotlock dev` or test run never leaves services behind."""
-    import ctypes
-    import signal
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+# Runs in the child after exec (never between fork and exec, where running Python in a process
+# with gRPC threads can crash): ask Linux to SIGTERM the child when its parent dies, so a killed
+# `slotlock dev` or test run never leaves services behind, then run the module as `python -m`.
+_BOOTSTRAP = """
+import ctypes, os, runpy, signal, sys
+parent = int(sys.argv.pop(1))
+if sys.platform == "linux":
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(1)
+module = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
 
 
 class ServiceProcess:
@@ -48,11 +53,10 @@ class ServiceProcess:
         if self.log_path is not None:
             self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", self.module],
+            [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), self.module],
             env={**os.environ, **self.env},
             stdout=self._log if self._log else subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         return self
 
