@@ -1,0 +1,43 @@
+"""`python -m gateway`: serve the listing page and its API with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import Settings
+
+# Browsers keep Server-Sent Events streams open forever; do not wait for them on shutdown.
+GRACEFUL_SHUTDOWN_S = 1
+
+
+def build_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Server:
+    """The uvicorn server for ``settings`` (tests run it in their own event loop)."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    build_server(settings, log_level=settings.log_level.lower()).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""The gateway's routes: the listing page, availability as JSON and as Server-Sent Events, and
+the hold endpoints. Every gRPC failure becomes an HTTP status with the service's readable message;
+the gateway keeps no state besides the availability fan-out cache."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gateway import payloads
+from gateway.fanout import AvailabilityFanout, TooManyWatchers, describe_unavailable
+from gateway.settings import Settings
+from slotlock.grpc_errors import unwrap
+from slotlock.v1 import (
+    availability_pb2,
+    availability_pb2_grpc,
+    catalog_pb2,
+    reservation_pb2,
+    reservation_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+# Reconnect quickly after a service restarts (gRPC's default backoff grows to two minutes), and
+# keep the shared watch's connection checked without tripping a server's ping policy.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
+    grpc.StatusCode.CANCELLED: 503,
+}
+
+Method = Callable[["Gateway", Request], Awaitable[Response]]
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+def rpc_error_response(service: str, error: grpc.aio.AioRpcError) -> JSONResponse:
+    """One gRPC failure as HTTP: the right status and a sentence a person can read."""
+    code, message = unwrap(error)
+    status = HTTP_STATUS.get(code, 502)
+    if status == 503:
+        reason = describe_unavailable(service, code, message)
+        message = f"{reason[0].upper()}{reason[1:]}. Please try again in a moment."
+    elif status == 502:
+        log.warning("%s service failed: %s %s", service, code.name, message)
+        message = f"The {service} service failed unexpectedly; please try again."
+    return error_response(status, code.name, message)
+
+
+def upstream(service: str) -> Callable[[Method], Method]:
+    """Turn the gRPC and request-shape failures of a route into JSON errors."""
+
+    def decorate(handler: Method) -> Method:
+        @functools.wraps(handler)
+        async def wrapper(self: Gateway, request: Request) -> Response:
+            try:
+                return await handler(self, request)
+            except grpc.aio.AioRpcError as error:
+                return rpc_error_response(service, error)
+            except payloads.BadRequest as error:
+                return error_response(400, "INVALID_ARGUMENT", str(error))
+
+        return wrapper
+
+    return decorate
+
+
+async def json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise payloads.BadRequest("the request body must be JSON") from None
+
+
+def is_listed(event: dict[str, Any], now: datetime) -> bool:
+    """Upcoming and not cancelled: what the listing shows."""
+    if event["status"] == "CANCELLED":
+        return False
+    starts_at = event["starts_at"]
+    return starts_at is None or datetime.fromisoformat(starts_at) >= now
+
+
+class Gateway:
+    """The channels and the fan-out of one app instance; its methods are the routes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.reservations: Any = None
+        self.availability: Any = None
+        self._channels: list[Any] = []
+        self.fanout: AvailabilityFanout
+
+    async def connect(self) -> None:
+        """Open the channels and start the shared watch (inside the server's event loop)."""
+        reservation_channel = grpc.aio.insecure_channel(
+            self.settings.reservation_addr, options=CHANNEL_OPTIONS
+        )
+        availability_channel = grpc.aio.insecure_channel(
+            self.settings.availability_addr, options=CHANNEL_OPTIONS
+        )
+        self._channels = [reservation_channel, availability_channel]
+        self.reservations = reservation_pb2_grpc.ReservationServiceStub(reservation_channel)
+        self.availability = availability_pb2_grpc.AvailabilityServiceStub(availability_channel)
+        self.fanout = AvailabilityFanout(
+            self.availability, health_pb2_grpc.HealthStub(availability_channel), self.settings
+        )
+        self.fanout.start()
+
+    async def close(self) -> None:
+        await self.fanout.stop()
+        for channel in self._channels:
+            await channel.close()
+
+    async def index(self, request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "availability_feed": "live" if self.fanout.live else "paused",
+                "message": self.fanout.message,
+                "watchers": self.fanout.watcher_count,
+            }
+        )
+
+    @upstream("availability")
+    async def list_events(self, request: Request) -> Response:
+        now = datetime.now(UTC)
+        events: list[dict[str, Any]] = []
+        page_token = ""
+        while True:
+            reply = await self.availability.ListAvailability(
+                availability_pb2.ListAvailabilityRequest(page_size=500, page_token=page_token),
+                timeout=self.settings.rpc_timeout_s,
+            )
+            events.extend(payloads.availability_json(ev) for ev in reply.events)
+            page_token = reply.next_page_token
+            if not page_token:
+                break
+        listed = [ev for ev in events if is_listed(ev, now)]
+        listed.sort(key=lambda ev: (ev["starts_at"] or "", ev["code"]))
+        return JSONResponse({"events": listed, "live": self.fanout.live})
+
+    async def stream(self, request: Request) -> Response:
+        try:
+            watcher = self.fanout.subscribe()
+        except TooManyWatchers as error:
+            return error_response(503, "UNAVAILABLE", str(error))
+        keepalive = self.settings.sse_keepalive_s
+
+        async def frames() -> AsyncIterator[str]:
+            try:
+                # Tell EventSource to come back quickly if the gateway restarts.
+                yield "retry: 1000\n\n"
+                while not watcher.closed:
+                    batch = await watcher.next_frames(keepalive)
+                    yield "".join(batch) if batch else ": keepalive\n\n"
+            finally:
+                self.fanout.unsubscribe(watcher)
+
+        return StreamingResponse(
+            frames(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @upstream("reservation")
+    async def create_hold(self, request: Request) -> Response:
+        hold = payloads.parse_hold_request(await json_body(request))
+        if not hold.idempotency_key:
+            hold.idempotency_key = str(uuid.uuid4())
+        if not hold.customer_ref:
+            hold.customer_ref = "web"
+        reply = await self.reservations.CreateHold(hold, timeout=self.settings.rpc_timeout_s)
+        return JSONResponse(payloads.hold_json(reply, datetime.now(UTC)), status_code=201)
+
+    @upstream("reservation")
+    async def pay_hold(self, request: Request) -> Response:
+        token = payloads.parse_hold_token(await json_body(request))
+        # Payment is simulated: a real gateway would get this reference from the provider.
+        reference = f"SIM-{uuid.uuid4().hex[:12].upper()}"
+        reservation: catalog_pb2.Reservation = await self.reservations.ConfirmHold(
+            reservation_pb2.ConfirmHoldRequest(
+                reservation_id=request.path_params["reservation_id"],
+                hold_token=token,
+                payment_reference=reference,
+            ),
+            timeout=self.settings.rpc_timeout_s,
+        )
+        return JSONResponse({"reservation": payloads.reservation_json(reservation)})
+
+    @upstream("reservation")
+    async def cancel_hold(self, request: Request) -> Response:
+        token = payloads.parse_hold_token(await json_body(request))
+        reservation: catalog_pb2.Reservation = await self.reservations.ReleaseHold(
+            reservation_pb2.ReleaseHoldRequest(
+                reservation_id=request.path_params["reservation_id"], hold_token=token
+            ),
+            timeout=self.settings.rpc_timeout_s,
+        )
+        return JSONResponse({"reservation": payloads.reservation_json(reservation)})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods: JSON for the API (the page reads ``error``), text else."""
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/api/"):
+        code = "NOT_FOUND" if exc.status_code == 404 else "INVALID_ARGUMENT"
+        return error_response(
+            exc.status_code, code, f"{exc.detail}: {request.method} {request.url.path}"
+        )
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app; gRPC channels and the shared watch live as long as its lifespan."""
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.connect()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    routes = [
+        Route("/", gateway.index, methods=["GET"]),
+        Route("/healthz", gateway.healthz, methods=["GET"]),
+        Route("/api/events", gateway.list_events, methods=["GET"]),
+        Route("/api/stream", gateway.stream, methods=["GET"]),
+        Route("/api/holds", gateway.create_hold, methods=["POST"]),
+        Route("/api/holds/{reservation_id}/pay", gateway.pay_hold, methods=["POST"]),
+        Route("/api/holds/{reservation_id}/cancel", gateway.cancel_hold, methods=["POST"]),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,294 @@
+"""The web gateway in this process (uvicorn on port 0) against the real services run as processes
+on real Postgres and NATS: bad input gets a readable message and the right HTTP code, a service
+going down gets a readable 503, and when it comes back holds work again and the live stream
+resumes by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.__main__ import build_server
+from gateway.settings import Settings
+from slotlock.feed import Feed
+from slotlock_cli.devstack import DevStack
+from tests.e2e.system import System
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def system(stack: DevStack, feed: Feed, tmp_path: Path) -> Iterator[System]:
+    with System(stack, feed, log_dir=tmp_path / "logs") as running:
+        yield running
+
+
+@pytest.fixture
+async def gateway(system: System) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway served by uvicorn in this event loop, and a client pointed at it."""
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        reservation_addr=system.reservation_addr,
+        availability_addr=system.availability_addr,
+        rpc_timeout_s=3.0,
+        watch_retry_max_s=0.5,
+    )
+    server = build_server(settings, log_level="warning")
+    serving = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert not serving.done(), "the gateway stopped while starting"
+        assert time.monotonic() < deadline, "the gateway did not start"
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield client
+    server.should_exit = True
+    await serving
+
+
+class SseReader:
+    """Reads /api/stream in the background; tests wait for the frame they expect."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+        self._frames: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> SseReader:
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _read(self) -> None:
+        async with self._client.stream("GET", "/api/stream", timeout=None) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            event = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    await self._frames.put((event, json.loads(line.removeprefix("data: "))))
+
+    async def wait_for(
+        self, event: str, matches: Callable[[dict[str, Any]], bool], within_s: float = 15.0
+    ) -> dict[str, Any]:
+        seen: list[tuple[str, dict[str, Any]]] = []
+        try:
+            async with asyncio.timeout(within_s):
+                while True:
+                    name, data = await self._frames.get()
+                    seen.append((name, data))
+                    if name == event and matches(data):
+                        return data
+        except TimeoutError:
+            raise AssertionError(f"no matching {event!r} frame; saw {seen}") from None
+
+
+async def create_hold(client: httpx.AsyncClient, event_id: str, quantity: int) -> httpx.Response:
+    return await client.post("/api/holds", json={"event_id": event_id, "quantity": quantity})
+
+
+async def test_bad_input_gets_a_readable_message_and_the_right_status(
+    system: System, gateway: httpx.AsyncClient
+) -> None:
+    event = system.seed_event("GW-BAD", capacity=3)
+
+    unknown = await create_hold(gateway, str(uuid.uuid4()), 1)
+    assert unknown.status_code == 404
+    assert "not found" in unknown.json()["error"]
+
+    zero = await create_hold(gateway, event.id, 0)
+    assert zero.status_code == 400
+    assert zero.json()["code"] == "INVALID_ARGUMENT"
+    assert "quantity" in zero.json()["error"]
+
+    too_many = await create_hold(gateway, event.id, 5)
+    assert too_many.status_code == 409
+    assert "not enough seats" in too_many.json()["error"]
+
+    not_json = await gateway.post("/api/holds", content=b"quantity=1")
+    assert not_json.status_code == 400
+    assert not_json.json()["error"] == "the request body must be JSON"
+
+    no_route = await gateway.get("/api/holds")
+    assert no_route.status_code == 405
+    assert no_route.json()["error"] == "Method Not Allowed: GET /api/holds"
+
+    no_quantity = await gateway.post("/api/holds", json={"event_id": event.id})
+    assert no_quantity.status_code == 400
+    assert "quantity" in no_quantity.json()["error"]
+
+    held = await create_hold(gateway, event.id, 2)
+    assert held.status_code == 201, held.text
+    hold = held.json()
+    assert hold["reservation"]["status"] == "PENDING"
+    assert hold["hold_token"] and hold["expires_at"]
+    assert 0 < hold["expires_in_s"] <= system.hold_ttl_s
+
+    wrong_token = await gateway.post(
+        f"/api/holds/{hold['reservation_id']}/pay", json={"hold_token": "0" * 64}
+    )
+    assert wrong_token.status_code == 403
+    assert wrong_token.json()["error"]
+
+    paid = await gateway.post(
+        f"/api/holds/{hold['reservation_id']}/pay", json={"hold_token": hold["hold_token"]}
+    )
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["reservation"]["status"] == "PAID"
+    assert paid.json()["reservation"]["payment_reference"].startswith("SIM-")
+
+    cancel_paid = await gateway.post(
+        f"/api/holds/{hold['reservation_id']}/cancel", json={"hold_token": hold["hold_token"]}
+    )
+    assert cancel_paid.status_code == 409
+    assert cancel_paid.json()["error"]
+
+    # The listing is the availability projection: it follows the payment within moments.
+    row = await _listed_when(gateway, event.id, lambda ev: ev["paid"] == 2)
+    assert (row["paid"], row["pending"], row["available"]) == (2, 0, 1)
+    assert row["dinner_price"] == {"amount": 1_500_000, "currency": "VND"}
+
+
+async def test_cancel_gives_the_seats_back(system: System, gateway: httpx.AsyncClient) -> None:
+    event = system.seed_event("GW-CANCEL", capacity=4)
+    hold = (await create_hold(gateway, event.id, 3)).json()
+    released = await gateway.post(
+        f"/api/holds/{hold['reservation_id']}/cancel", json={"hold_token": hold["hold_token"]}
+    )
+    assert released.status_code == 200, released.text
+    assert released.json()["reservation"]["status"] == "CANCELLED"
+    again = await create_hold(gateway, event.id, 4)
+    assert again.status_code == 201, again.text
+
+
+@pytest.fixture
+async def system_with_gateway(
+    stack: DevStack, feed: Feed, tmp_path: Path
+) -> AsyncIterator[tuple[System, httpx.AsyncClient]]:
+    """The gateway as a process too, for the restart test: restarting services from a process
+    that itself runs grpc.aio has seen children die between fork and exec (see system.py)."""
+    running = System(stack, feed, log_dir=tmp_path / "logs", gateway=True)
+    await asyncio.to_thread(running.start)
+    try:
+        async with httpx.AsyncClient(base_url=running.gateway_url, timeout=10) as client:
+            yield running, client
+    finally:
+        await asyncio.to_thread(running.stop)
+
+
+async def test_services_going_away_get_a_readable_503_and_everything_resumes(
+    system_with_gateway: tuple[System, httpx.AsyncClient],
+) -> None:
+    system, gateway = system_with_gateway
+    event = system.seed_event("GW-RESTART", capacity=10)
+    async with SseReader(gateway) as sse:
+        await sse.wait_for("status", lambda s: s["live"])
+        await sse.wait_for("availability", lambda ev: ev["event_id"] == event.id)
+
+        # The reservation service goes down: holds get a 503 a person can read.
+        system.stop_service("reservation")
+        down = await create_hold(gateway, event.id, 1)
+        assert down.status_code == 503, down.text
+        assert down.json()["code"] == "UNAVAILABLE"
+        assert "reservation service is not reachable" in down.json()["error"]
+
+        await asyncio.to_thread(system.start_service, "reservation")
+        held = await _eventually_created(gateway, event.id, 1)
+        assert held.status_code == 201, held.text
+        seen = await sse.wait_for("availability", lambda ev: ev["pending"] == 1)
+        assert seen["event_id"] == event.id
+
+        # The availability service goes down: the listing says so, the stream says it is paused.
+        system.stop_service("availability")
+        paused = await sse.wait_for("status", lambda s: not s["live"])
+        assert "availability service" in paused["message"]
+        listing = await gateway.get("/api/events")
+        assert listing.status_code == 503, listing.text
+        assert "availability service is not reachable" in listing.json()["error"]
+        health = (await gateway.get("/healthz")).json()
+        assert health["availability_feed"] == "paused", health
+
+        # Holds still work meanwhile (the reservation service is up) ...
+        meanwhile = await create_hold(gateway, event.id, 2)
+        assert meanwhile.status_code == 201, meanwhile.text
+
+        # ... and once the availability service is back, the same stream carries on by itself.
+        await asyncio.to_thread(system.start_service, "availability")
+        await sse.wait_for("status", lambda s: s["live"])
+        caught_up = await sse.wait_for("availability", lambda ev: ev["pending"] == 3)
+        assert caught_up["available"] == 7
+        after = await create_hold(gateway, event.id, 1)
+        assert after.status_code == 201, after.text
+        live = await sse.wait_for("availability", lambda ev: ev["pending"] == 4)
+        assert live["version"] > caught_up["version"]
+        listing = await gateway.get("/api/events")
+        assert listing.status_code == 200, listing.text
+
+
+async def test_every_browser_gets_the_current_state_first(
+    system: System, gateway: httpx.AsyncClient
+) -> None:
+    first = system.seed_event("GW-FAN-1", capacity=5)
+    second = system.seed_event("GW-FAN-2", capacity=5)
+    assert (await create_hold(gateway, first.id, 2)).status_code == 201
+    async with SseReader(gateway) as one:
+        await one.wait_for("availability", lambda ev: ev["event_id"] == first.id and ev["pending"])
+        # A browser arriving later is primed from the shared cache with both events.
+        async with SseReader(gateway) as two:
+            got = await two.wait_for("availability", lambda ev: ev["event_id"] == first.id)
+            assert got["pending"] == 2
+            await two.wait_for("availability", lambda ev: ev["event_id"] == second.id)
+            assert (await create_hold(gateway, second.id, 1)).status_code == 201
+            for reader in (one, two):
+                change = await reader.wait_for(
+                    "availability", lambda ev: ev["event_id"] == second.id and ev["pending"] == 1
+                )
+                assert change["available"] == 4
+        health = (await gateway.get("/healthz")).json()
+        assert health["availability_feed"] == "live"
+
+
+async def _eventually_created(
+    client: httpx.AsyncClient, event_id: str, quantity: int, within_s: float = 10.0
+) -> httpx.Response:
+    """The gateway's channel reconnects on its own; give it the moment it needs."""
+    deadline = time.monotonic() + within_s
+    while True:
+        response = await create_hold(client, event_id, quantity)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.1)
+
+
+async def _listed_when(
+    client: httpx.AsyncClient,
+    event_id: str,
+    matches: Callable[[dict[str, Any]], bool],
+    within_s: float = 5.0,
+) -> dict[str, Any]:
+    """The event's row of /api/events once it matches (or as it is when time is up)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        response = await client.get("/api/events")
+        assert response.status_code == 200, response.text
+        (row,) = [ev for ev in response.json()["events"] if ev["event_id"] == event_id]
+        if matches(row) or time.monotonic() > deadline:
+            return dict(row)
+        await asyncio.sleep(0.05)
