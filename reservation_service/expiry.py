@@ -56,6 +56,9 @@ class Expirer:
             except Unavailable as error:
                 log.warning("expirer: %s", error)
                 until_next = 1.0
+            except Exception:  # a bug must not stop expiry for good: log it loudly, go on
+                log.exception("expirer: pass failed; retrying in 1 s")
+                until_next = 1.0
             delay = self._recheck_s if until_next is None else min(until_next, self._recheck_s)
             delay = max(delay, 0.0) + 0.002  # land just after the deadline, not just before
             self._planned_wake = time.time() + delay

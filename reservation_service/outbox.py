@@ -109,6 +109,9 @@ class OutboxRelay:
                 except (psycopg.OperationalError, OSError) as error:
                     log.warning("outbox relay lost the database: %s; retrying", error)
                     await asyncio.sleep(0.5)
+                except Exception:  # a bug must not stop the relay for good: log it, go on
+                    log.exception("outbox relay failed; restarting it in 1 s")
+                    await asyncio.sleep(1.0)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

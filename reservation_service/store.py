@@ -298,12 +298,13 @@ class ReservationStore:
         async def work(cur: Cursor) -> tuple[ExpiryPass, list[Change]]:
             await cur.execute(EXPIRY["count_due_holds"])
             counted = await cur.fetchone()
-            checked = int(counted["due"]) if counted else 0
-            await cur.execute(EXPIRY["claim_due_holds"], {"limit": limit})
+            assert counted is not None
+            checked = int(counted["due"])
+            now: datetime = counted["db_now"]
+            await cur.execute(EXPIRY["claim_due_holds"], {"limit": limit, "now": now})
             claimed = await cur.fetchall()
             if not claimed:
                 return ExpiryPass(0, checked), []
-            now: datetime = claimed[0]["db_now"]
             event_ids = sorted({str(row["event_id"]) for row in claimed})
             await cur.execute(EXPIRY["lock_events"], {"ids": event_ids})
             events = {str(row["id"]): event_from_row(row) for row in await cur.fetchall()}

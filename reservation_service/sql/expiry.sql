@@ -1,12 +1,13 @@
 -- name: count_due_holds
-SELECT count(*) AS due FROM reservations
+-- One clock reading for the whole pass (clock_timestamp() changes row by row).
+SELECT count(*) AS due, clock_timestamp() AS db_now FROM reservations
 WHERE status = 'PENDING' AND expires_at <= clock_timestamp();
 
 -- name: claim_due_holds
 -- SKIP LOCKED lets several expirers (one per replica) share the work: each due hold is claimed by
 -- exactly one of them, and a hold being confirmed right now is left to that confirmation.
-SELECT *, clock_timestamp() AS db_now FROM reservations
-WHERE status = 'PENDING' AND expires_at <= clock_timestamp()
+SELECT * FROM reservations
+WHERE status = 'PENDING' AND expires_at <= %(now)s
 ORDER BY expires_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;

@@ -166,3 +166,44 @@ async def test_expire_stale_holds_admin_pass(
     again = await stub.ExpireStaleHolds(reservation_pb2.ExpireStaleHoldsRequest())
     assert (again.released, again.checked) == (0, 0)
     assert (await stub.GetEvent(reservation_pb2.GetEventRequest(event_id=event.id))).pending == 0
+
+
+HOLDS = 3000
+
+
+async def test_expirer_keeps_up_while_holds_fall_due_continuously(
+    start_reservation: StartReservation, channels: list[grpc.aio.Channel], database_url: str
+) -> None:
+    """Holds falling due every few milliseconds while the expirer runs: every one is released
+    (a pass once died on a hold that became due while its claim query ran)."""
+    stub = stub_for(await start_reservation(hold_ttl_s=0.5), channels)
+    events = [
+        await stub.UpsertEvent(event_request(f"EXP-C{i}", capacity=10_000)) for i in range(20)
+    ]
+
+    async def one(i: int) -> None:
+        await stub.CreateHold(
+            reservation_pb2.CreateHoldRequest(event_id=events[i % 20].id, quantity=1)
+        )
+
+    tasks = []
+    start = time.monotonic()
+    for i in range(HOLDS):
+        tasks.append(asyncio.create_task(one(i)))
+        if i % 10 == 0:  # about 1,000 holds a second
+            await asyncio.sleep(max(0.0, start + i / 1000 - time.monotonic()))
+    await asyncio.gather(*tasks)
+    deadline = time.monotonic() + 10
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM reservations WHERE status = 'PENDING'"
+            ).fetchone()
+            if row == (0,):
+                break
+            assert time.monotonic() < deadline, f"{row} holds never expired"
+            await asyncio.sleep(0.1)
+        expired = conn.execute(
+            "SELECT count(*) FROM reservations WHERE status = 'EXPIRED'"
+        ).fetchone()
+    assert expired == (HOLDS,)
