@@ -18,26 +18,12 @@ from availability_service import servicer
 from availability_service.consumer import FeedConsumer
 from availability_service.settings import Settings
 from availability_service.view import AvailabilityView
+from slotlock.grpc_server import SERVER_OPTIONS
 from slotlock.v1 import availability_pb2
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = availability_pb2.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
-
-# Find dead watchers within ~30 s; clients may ping every 10 s without being told off.
-GRPC_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.max_concurrent_streams", 100_000),
-    # grpc.aio accepts calls one at a time; on a reconnect storm (thousands of watchers at once)
-    # the core's pending-call queue (soft 1000 / hard 3000 by default) overflowed and cancelled
-    # new watches (seen as CANCELLED in `slotlock bench fanout --watchers 5000`).
-    ("grpc.server.max_pending_requests", 20_000),
-    ("grpc.server.max_pending_requests_hard_limit", 40_000),
-]
 
 
 class AvailabilityServer:
@@ -51,7 +37,7 @@ class AvailabilityServer:
             settings.nats_url, settings.feed, self.view, heartbeat_s=heartbeat_s
         )
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.port = 0
         self._ready_task: asyncio.Task[None] | None = None
 
