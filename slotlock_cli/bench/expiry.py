@@ -127,7 +127,11 @@ async def measure(
             if delay > 0:
                 await asyncio.sleep(delay)
         await asyncio.gather(*tasks)
-        await asyncio.wait_for(done.wait(), timeout=args.ttl + 60)
+        try:
+            await asyncio.wait_for(done.wait(), timeout=args.ttl + 60)
+        except TimeoutError:
+            missing = len(set(expires) - set(released))
+            print(f"warning: {missing} of {len(expires)} expiries not seen on the feed in time")
     await sub.unsubscribe()
     await nc.close()
     return [(released[r] - expires[r]) * 1000 for r in expires if r in released]
