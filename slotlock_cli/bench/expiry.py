@@ -10,10 +10,8 @@ import argparse
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,10 +19,8 @@ import nats
 
 from slotlock.feed import Feed
 from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2, reservation_pb2_grpc
+from slotlock_cli.bench.harness import reservation_service
 from slotlock_cli.bench.holds import create_hot_event
-from slotlock_cli.dev import ensure_database
-from slotlock_cli.devstack import DevStack, free_port
-from slotlock_cli.processes import ServiceProcess
 
 
 def register(subparsers: Any) -> None:
@@ -42,34 +38,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     feed = Feed(stream="BENCH_EXPIRY", subject_prefix="bench.expiry")
-    with (
-        tempfile.TemporaryDirectory(prefix="slotlock-bench-") as tmp,
-        DevStack(database_url=args.database_url, nats_url=args.nats_url, root=Path(tmp)) as stack,
-    ):
-        database_url = stack.database_url
-        if stack.postgres is not None:
-            database_url = ensure_database(stack.database_url, "bench")
-        port = free_port()
-        service = ServiceProcess(
-            "reservation_service",
-            {
-                "SLOTLOCK_DATABASE_URL": database_url,
-                "SLOTLOCK_NATS_URL": stack.nats_url,
-                "SLOTLOCK_RESERVATION_PORT": str(port),
-                "SLOTLOCK_HOLD_TTL_S": str(args.ttl),
-                "SLOTLOCK_LOG_LEVEL": "WARNING",
-                "SLOTLOCK_STREAM": feed.stream,
-                "SLOTLOCK_SUBJECT_PREFIX": feed.subject_prefix,
-            },
-            name="reservation service",
-        ).start()
-        try:
-            address = f"127.0.0.1:{port}"
-            service.wait_serving(address)
-            events = [create_hot_event(address, f"BENCH-EXP-{i}") for i in range(args.events)]
-            lags = asyncio.run(measure(address, stack.nats_url, feed, events, args))
-        finally:
-            service.stop()
+    with reservation_service(args, feed, {"SLOTLOCK_HOLD_TTL_S": str(args.ttl)}) as service:
+        events = [create_hot_event(service.address, f"BENCH-EXP-{i}") for i in range(args.events)]
+        lags = asyncio.run(measure(service.address, service.stack.nats_url, feed, events, args))
     lags.sort()
     p50 = statistics.median(lags)
     p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]

@@ -15,15 +15,16 @@ import re
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
 
+from slotlock.feed import Feed
 from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2, reservation_pb2_grpc
-from slotlock_cli.dev import ensure_database
-from slotlock_cli.devstack import DevStack, free_port, postgres_install_dir
-from slotlock_cli.processes import ServiceProcess
+from slotlock_cli.bench.harness import reservation_service
+from slotlock_cli.devstack import postgres_install_dir
+
+FEED = Feed(stream="BENCH_HOLDS", subject_prefix="bench.holds")
 
 
 def register(subparsers: Any) -> None:
@@ -68,42 +69,19 @@ COMMIT;
 
 
 def run(args: argparse.Namespace) -> int:
-    with (
-        tempfile.TemporaryDirectory(prefix="slotlock-bench-") as tmp,
-        DevStack(database_url=args.database_url, nats_url=args.nats_url, root=Path(tmp)) as stack,
-    ):
-        database_url = stack.database_url
-        if stack.postgres is not None:
-            database_url = ensure_database(stack.database_url, "bench")
-        port = free_port()
-        service = ServiceProcess(
-            "reservation_service",
-            {
-                "SLOTLOCK_DATABASE_URL": database_url,
-                "SLOTLOCK_NATS_URL": stack.nats_url,
-                "SLOTLOCK_RESERVATION_PORT": str(port),
-                "SLOTLOCK_MAX_SEATS_PER_HOLD": "10",
-                "SLOTLOCK_LOG_LEVEL": "WARNING",
-                "SLOTLOCK_STREAM": "BENCH_HOLDS",
-                "SLOTLOCK_WORKERS": str(args.workers),
-                "SLOTLOCK_SUBJECT_PREFIX": "bench.holds",
-            },
-            name="reservation service",
-        ).start()
-        try:
-            address = f"127.0.0.1:{port}"
-            service.wait_serving(address)
-            event_id = create_hot_event(address, "BENCH-HOT-GRPC")
-            holds_per_s = measure_grpc(address, event_id, args)
-            print(
-                f"gRPC CreateHold on one hot event: {holds_per_s:,.0f} holds/s "
-                f"({args.workers} service worker(s), {args.concurrency} calls in flight over "
-                f"{args.channels} connection(s) x {args.client_processes} client process(es), "
-                f"{args.seconds:.0f} s)"
-            )
-            raw_event = create_hot_event(address, "BENCH-HOT-RAW")
-        finally:
-            service.stop()
+    env = {"SLOTLOCK_MAX_SEATS_PER_HOLD": "10", "SLOTLOCK_WORKERS": str(args.workers)}
+    with reservation_service(args, FEED, env) as service:
+        event_id = create_hot_event(service.address, "BENCH-HOT-GRPC")
+        holds_per_s = measure_grpc(service.address, event_id, args)
+        print(
+            f"gRPC CreateHold on one hot event: {holds_per_s:,.0f} holds/s "
+            f"({args.workers} service worker(s), {args.concurrency} calls in flight over "
+            f"{args.channels} connection(s) x {args.client_processes} client process(es), "
+            f"{args.seconds:.0f} s)"
+        )
+        raw_event = create_hot_event(service.address, "BENCH-HOT-RAW")
+        service.process.stop()  # pgbench gets the machine to itself
+        database_url = service.database_url
         raw_tps = measure_pgbench(database_url, raw_event, args)
         print(
             f"raw Postgres, same transaction, one hold per commit: {raw_tps:,.0f} tps "
