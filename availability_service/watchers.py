@@ -18,11 +18,8 @@ from slotlock import errors
 M = TypeVar("M")
 
 
-class TooManyWatchers(errors.Unavailable):
-    """The watcher cap is reached; a client may retry later or on another replica.
-
-    A category of its own would map to RESOURCE_EXHAUSTED, but the one mapping table lives in
-    ``slotlock.grpc_errors``; until it grows one, this reports UNAVAILABLE."""
+class TooManyWatchers(errors.ResourceExhausted):
+    """The watcher cap is reached; a client may retry later or on another replica."""
 
 
 @dataclass(frozen=True, slots=True)

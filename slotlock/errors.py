@@ -33,6 +33,10 @@ class PermissionDenied(SlotlockError):
     """The caller lacks the secret the request needs (e.g. a wrong hold token)."""
 
 
+class ResourceExhausted(SlotlockError):
+    """A limit of this replica is reached (e.g. watchers); retry later or elsewhere."""
+
+
 class Unavailable(SlotlockError):
     """A dependency (database, broker) is down; retrying later may succeed."""
 

@@ -288,12 +288,12 @@ async def test_bad_requests_get_clear_codes(stack: DevStack, feed: Feed) -> None
                 await api.WatchAvailability(request).read()
             assert raised.value.code() == code
 
-        # The watcher cap (1 here) answers UNAVAILABLE, and frees up when a watcher leaves.
+        # The watcher cap (1 here) answers RESOURCE_EXHAUSTED, and frees up when a watcher leaves.
         holder = api.WatchAvailability(availability_pb2.WatchAvailabilityRequest())
         await asyncio.sleep(0.2)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await api.WatchAvailability(availability_pb2.WatchAvailabilityRequest()).read()
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "too many watchers" in (raised.value.details() or "")
         holder.cancel()
         await asyncio.sleep(0.2)

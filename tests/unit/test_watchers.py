@@ -90,7 +90,7 @@ async def test_cap_and_cleanup() -> None:
     second = hub.register(["a", "b"])
     with pytest.raises(TooManyWatchers) as raised:
         hub.register(None)
-    assert isinstance(raised.value, errors.Unavailable)
+    assert isinstance(raised.value, errors.ResourceExhausted)
     hub.unregister(second)
     hub.unregister(second)  # idempotent
     assert len(hub) == 1
