@@ -8,26 +8,9 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from slotlock.labels import short_name
 from slotlock.v1 import availability_pb2, catalog_pb2, reservation_pb2
 
-BADGES = {
-    availability_pb2.BADGE_AVAILABLE: "AVAILABLE",
-    availability_pb2.BADGE_FEW_LEFT: "FEW_LEFT",
-    availability_pb2.BADGE_ALMOST_FULL: "ALMOST_FULL",
-    availability_pb2.BADGE_SOLD_OUT: "SOLD_OUT",
-}
-EVENT_STATUSES = {
-    catalog_pb2.EVENT_STATUS_SCHEDULED: "SCHEDULED",
-    catalog_pb2.EVENT_STATUS_CANCELLED: "CANCELLED",
-    catalog_pb2.EVENT_STATUS_SOLD_OUT: "SOLD_OUT",
-}
-RESERVATION_STATUSES = {
-    catalog_pb2.RESERVATION_STATUS_PENDING: "PENDING",
-    catalog_pb2.RESERVATION_STATUS_PAID: "PAID",
-    catalog_pb2.RESERVATION_STATUS_CANCELLED: "CANCELLED",
-    catalog_pb2.RESERVATION_STATUS_EXPIRED: "EXPIRED",
-    catalog_pb2.RESERVATION_STATUS_REFUNDED: "REFUNDED",
-}
 # The page and the CLI say "dinner" / "experience-only"; both spellings of the second are taken.
 TICKET_TYPES = {
     "dinner": catalog_pb2.TICKET_TYPE_DINNER,
@@ -69,13 +52,13 @@ def availability_json(ev: availability_pb2.EventAvailability) -> dict[str, Any]:
         "paid": ev.paid,
         "pending": ev.pending,
         "available": ev.available,
-        "status": EVENT_STATUSES.get(ev.status, "UNSPECIFIED"),
+        "status": short_name(catalog_pb2.EventStatus, ev.status, "UNSPECIFIED"),
         "experience_only_enabled": ev.experience_only_enabled,
         "dinner_price": money(ev.dinner_price, ev.HasField("dinner_price")),
         "experience_only_price": money(
             ev.experience_only_price, ev.HasField("experience_only_price")
         ),
-        "badge": BADGES.get(ev.badge, "UNSPECIFIED"),
+        "badge": short_name(availability_pb2.Badge, ev.badge, "UNSPECIFIED"),
         "version": ev.version,
     }
 
@@ -86,7 +69,7 @@ def reservation_json(res: catalog_pb2.Reservation) -> dict[str, Any]:
         "event_id": res.event_id,
         "quantity": res.quantity,
         "ticket_type": TICKET_TYPE_NAMES.get(res.ticket_type, "dinner"),
-        "status": RESERVATION_STATUSES.get(res.status, "UNSPECIFIED"),
+        "status": short_name(catalog_pb2.ReservationStatus, res.status, "UNSPECIFIED"),
         "expires_at": timestamp_iso(res.expires_at, res.HasField("expires_at")),
         "payment_reference": res.payment_reference or None,
     }

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TextIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from slotlock.labels import short_name
 from slotlock.v1 import (
     availability_pb2,
     availability_pb2_grpc,
@@ -34,12 +35,6 @@ DEFAULT_AVAILABILITY_ADDR = "127.0.0.1:50052"
 TICKET_TYPES = {
     "dinner": catalog_pb2.TICKET_TYPE_DINNER,
     "experience-only": catalog_pb2.TICKET_TYPE_EXPERIENCE_ONLY,
-}
-BADGE_NAMES = {
-    availability_pb2.BADGE_AVAILABLE: "AVAILABLE",
-    availability_pb2.BADGE_FEW_LEFT: "FEW_LEFT",
-    availability_pb2.BADGE_ALMOST_FULL: "ALMOST_FULL",
-    availability_pb2.BADGE_SOLD_OUT: "SOLD_OUT",
 }
 BADGE_COLOURS = {
     "AVAILABLE": "32",  # green
@@ -514,7 +509,7 @@ def availability_table(events: Iterable[availability_pb2.EventAvailability], col
     rows = []
     ordered = sorted(events, key=lambda e: (e.local_date, e.local_start_time, e.code))
     for e in ordered:
-        badge = BADGE_NAMES.get(e.badge, "-")
+        badge = short_name(availability_pb2.Badge, e.badge, "-")
         pending = str(e.pending)
         rows.append(
             [
@@ -577,7 +572,7 @@ class _Screen:
 
 def _change_line(e: availability_pb2.EventAvailability) -> str:
     stamp = datetime.now().strftime("%H:%M:%S")
-    badge = BADGE_NAMES.get(e.badge, "-")
+    badge = short_name(availability_pb2.Badge, e.badge, "-")
     return (
         f"{stamp} {e.code or e.event_id} paid={e.paid} being_processed={e.pending} "
         f"available={e.available} badge={badge} version={e.version}"
