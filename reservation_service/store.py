@@ -70,8 +70,6 @@ TRANSIENT: tuple[type[Exception], ...] = (
 class ExpiryPass:
     released: int
     checked: int
-    # (event id, reservation) of each hold released, for callers that want to know.
-    expired: tuple[Reservation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -320,7 +318,7 @@ class ReservationStore:
             await cur.executemany(
                 HOLDS["update_event_counters"], [_counter_params(e, now) for e in events.values()]
             )
-            return ExpiryPass(len(expired), max(checked, len(expired)), tuple(expired)), changes
+            return ExpiryPass(len(expired), max(checked, len(expired))), changes
 
         return await self._write(work)
 
