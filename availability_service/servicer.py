@@ -10,7 +10,6 @@ import hashlib
 import heapq
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import grpc
 from availability_service import convert, projection
 from availability_service.view import AvailabilityView, Message
 from slotlock import errors, grpc_errors
+from slotlock.ids import parse_uuid
 from slotlock.v1 import availability_pb2, catalog_pb2
 
 DEFAULT_PAGE_SIZE = 50
@@ -27,16 +27,6 @@ MAX_WATCHED_IDS = 10_000
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 SortKey = tuple[str, str, str, str]
-
-
-def parse_event_id(raw: str, what: str = "event_id") -> str:
-    """The canonical form of a UUID event id, or InvalidRequest."""
-    if not raw:
-        raise errors.InvalidRequest(f"{what} is required")
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise errors.InvalidRequest(f"{what} {raw!r} is not a UUID") from None
 
 
 def parse_date(raw: str, what: str) -> str | None:
@@ -168,7 +158,7 @@ class AvailabilityServicer:
         request: availability_pb2.GetEventAvailabilityRequest,
         context: grpc.aio.ServicerContext,
     ) -> Message:
-        event_id = parse_event_id(request.event_id)
+        event_id = parse_uuid(request.event_id, "event_id")
         return self.view.get(event_id).message
 
     @grpc_errors.mapped
@@ -206,10 +196,10 @@ class AvailabilityServicer:
     ) -> AsyncIterator[bytes]:
         if len(request.event_ids) > MAX_WATCHED_IDS:
             raise errors.InvalidRequest(f"at most {MAX_WATCHED_IDS} event_ids per watch")
-        event_ids = [parse_event_id(raw, "event_ids entry") for raw in request.event_ids]
+        event_ids = [parse_uuid(raw, "event_ids entry") for raw in request.event_ids]
         known: dict[str, int] = {}
         for raw, version in request.known_versions.items():
-            known[parse_event_id(raw, "known_versions key")] = version
+            known[parse_uuid(raw, "known_versions key")] = version
         watcher = self.view.watch(event_ids or None, known)
         try:
             while True:

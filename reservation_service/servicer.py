@@ -3,7 +3,6 @@ results. Errors leave through ``slotlock.grpc_errors.mapped`` (one table of stat
 
 from __future__ import annotations
 
-import uuid
 from typing import TypeAlias
 
 import grpc
@@ -15,6 +14,7 @@ from reservation_service.holds import HoldPolicy, HoldRequest, HoldTokens
 from reservation_service.store import Page, ReservationStore, decode_page_token
 from slotlock import grpc_errors
 from slotlock.errors import SlotlockError
+from slotlock.ids import parse_uuid
 from slotlock.v1 import catalog_pb2, reservation_pb2, reservation_pb2_grpc
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -166,15 +166,6 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
         return reservation_pb2.ExpireStaleHoldsResponse(
             released=result.released, checked=result.checked
         )
-
-
-def parse_uuid(value: str, field: str) -> str:
-    if not value:
-        raise errors.InvalidField(field, "is required")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise errors.InvalidField(field, f"not a valid id: {value[:60]!r}") from None
 
 
 def require_token(token: str) -> None:
