@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -18,7 +17,7 @@ from availability_service import servicer
 from availability_service.consumer import FeedConsumer
 from availability_service.settings import Settings
 from availability_service.view import AvailabilityView
-from slotlock.grpc_server import SERVER_OPTIONS
+from slotlock.grpc_server import create_server
 from slotlock.v1 import availability_pb2
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ class AvailabilityServer:
             settings.nats_url, settings.feed, self.view, heartbeat_s=heartbeat_s
         )
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = create_server()
         self.port = 0
         self._ready_task: asyncio.Task[None] | None = None
 

@@ -25,7 +25,7 @@ from reservation_service.outbox import OutboxRelay
 from reservation_service.servicer import ReservationServicer
 from reservation_service.settings import INSECURE_DEV_SECRET, Settings
 from reservation_service.store import ReservationStore
-from slotlock.grpc_server import SERVER_OPTIONS
+from slotlock.grpc_server import create_server
 from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class ReservationServer:
         self.expirer = Expirer(self.store, recheck_s=s.expiry_recheck_s)
         self.batcher = HoldBatcher(self.store, max_batch=s.max_batch)
 
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = create_server()
         reservation_pb2_grpc.add_ReservationServiceServicer_to_server(
             ReservationServicer(self.store, self.batcher, self.expirer, policy, tokens), self.server
         )

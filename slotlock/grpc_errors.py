@@ -1,17 +1,20 @@
 """The one place where slotlock errors become gRPC status codes.
 
-Servicer methods are wrapped with ``@grpc_errors.mapped``: a ``SlotlockError`` aborts the call with
-its code and message; anything unexpected is logged and reported as INTERNAL (never UNKNOWN, never
-a traceback on the wire).
+``ErrorInterceptor`` sits on both servers and wraps every RPC, unary and server-streaming, so no
+servicer method has to remember to: a ``SlotlockError`` ends the call with the code of its
+category and its message; a request body that is not valid protobuf is answered
+INVALID_ARGUMENT (grpc.aio would otherwise answer UNKNOWN and log a traceback); anything else
+unexpected is logged once and answered INTERNAL, never UNKNOWN and never a traceback on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -29,6 +32,8 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.SlotlockError], grpc.StatusCode], ...] 
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
+INTERNAL_MESSAGE = "internal error; see the service log"
+
 
 def status_for(error: errors.SlotlockError) -> grpc.StatusCode:
     for kind, code in STATUS_BY_ERROR:
@@ -37,62 +42,171 @@ def status_for(error: errors.SlotlockError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Self = TypeVar("Self")
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request body that did not parse, so the call can be refused politely
+    inside the handler (a deserializer that raises makes grpc.aio answer UNKNOWN)."""
+
+    type_name: str
 
 
-def mapped(
-    handler: Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
-) -> Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
-    """Wrap a unary servicer method so errors leave as clear gRPC statuses."""
+Context: TypeAlias = grpc.aio.ServicerContext
+Behaviour = Callable[..., Any]
 
-    @functools.wraps(handler)
-    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpcio is untyped
+    """Maps errors to statuses for every unary-request RPC of the server it is installed on.
+
+    Wrapped handlers are cached per method, so the per-call cost is one dict look-up. Methods
+    with streaming requests (only reflection here) are passed through unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    deserializer = handler.request_deserializer
+    type_name = _message_name(deserializer, method)
+
+    def decode(raw: bytes) -> object:
+        if deserializer is None:
+            return raw
         try:
-            return await handler(self, request, context)
-        except errors.SlotlockError as error:
-            await context.abort(status_for(error), error.message)
-        except asyncio.CancelledError:
+            return deserializer(raw)
+        except Exception:  # DecodeError, bad UTF-8 in a string field, truncated input...
+            return Undecodable(type_name)
+
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            _streaming(handler.unary_stream, method),
+            request_deserializer=decode,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        _unary(handler.unary_unary, method),
+        request_deserializer=decode,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _unary(behaviour: Behaviour, method: str) -> Behaviour:
+    async def call(request: object, context: Context) -> object:
+        if isinstance(request, Undecodable):
+            await _refuse_undecodable(request, method, context)
+        try:
+            result = behaviour(request, context)
+            return await result if inspect.isawaitable(result) else result
+        except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as error:
-            if _is_abort(error):
+            await _abort_for(error, method, context)
+        raise AssertionError("unreachable: context.abort raises")
+
+    return call
+
+
+def _streaming(behaviour: Behaviour, method: str) -> Behaviour:
+    if not inspect.isasyncgenfunction(behaviour):
+        # A handler that writes with context.write (the health service's Watch) stays a
+        # coroutine: grpc.aio refuses a generator that also writes.
+        async def call_writer(request: object, context: Context) -> None:
+            if isinstance(request, Undecodable):
+                await _refuse_undecodable(request, method, context)
+            try:
+                result = behaviour(request, context)
+                if inspect.isawaitable(result):
+                    await result
+            except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
-            log.exception("internal error in %s", handler.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+            except Exception as error:
+                await _abort_for(error, method, context)
+
+        return call_writer
+
+    async def call(request: object, context: Context) -> AsyncIterator[object]:
+        if isinstance(request, Undecodable):
+            await _refuse_undecodable(request, method, context)
+        try:
+            async for item in behaviour(request, context):
+                yield item
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as error:
+            await _abort_for(error, method, context)
+
+    return call
+
+
+async def _refuse_undecodable(request: Undecodable, method: str, context: Context) -> None:
+    log.warning("%s: refused a request that is not a valid %s", method, request.type_name)
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"the request could not be decoded as {request.type_name}",
+    )
+
+
+async def _abort_for(error: Exception, method: str, context: Context) -> None:
+    if isinstance(error, errors.SlotlockError):
+        await context.abort(status_for(error), error.message)
+    log.exception("internal error in %s", method)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+def _message_name(deserializer: Callable[[bytes], object] | None, method: str) -> str:
+    message_class = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    full_name = getattr(descriptor, "full_name", None)
+    return str(full_name) if full_name else f"the request of {method}"
+
+
+# --- transitional: servicer decorators, removed once both servers use the interceptor ----------
+
+
+def mapped(handler: Behaviour) -> Behaviour:
+    """Map errors of one unary servicer method (superseded by ``ErrorInterceptor``)."""
+
+    async def wrapper(self: object, request: object, context: Context) -> object:
+        try:
+            return await handler(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as error:
+            await _abort_for(error, handler.__name__, context)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
 
 
-def mapped_stream(
-    handler: Callable[[Self, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]],
-) -> Callable[[Self, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
-    """Wrap a server-streaming servicer method the same way."""
+def mapped_stream(handler: Behaviour) -> Behaviour:
+    """Map errors of one streaming servicer method (superseded by ``ErrorInterceptor``)."""
 
-    @functools.wraps(handler)
-    async def wrapper(
-        self: Self, request: Req, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Resp]:
+    async def wrapper(self: object, request: object, context: Context) -> AsyncIterator[object]:
         try:
             async for item in handler(self, request, context):
                 yield item
-        except errors.SlotlockError as error:
-            await context.abort(status_for(error), error.message)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as error:
-            if _is_abort(error):
-                raise
-            log.exception("internal error in %s", handler.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+            await _abort_for(error, handler.__name__, context)
 
     return wrapper
-
-
-def _is_abort(error: BaseException) -> bool:
-    # grpc.aio raises AbortError from context.abort(); let it through untouched.
-    return type(error).__name__ == "AbortError"
 
 
 def unwrap(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:

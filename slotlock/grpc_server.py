@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import grpc
+
+from slotlock.grpc_errors import ErrorInterceptor
+
 SERVER_OPTIONS: list[tuple[str, int]] = [
     # Find dead peers (watchers above all) within ~30 s; clients may ping every 10 s.
     ("grpc.keepalive_time_ms", 20_000),
@@ -17,3 +21,8 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.server.max_pending_requests", 20_000),
     ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
+
+
+def create_server() -> grpc.aio.Server:
+    """A grpc.aio server with slotlock's options and interceptors (errors mapped once)."""
+    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ErrorInterceptor()])
