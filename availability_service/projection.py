@@ -2,7 +2,8 @@
 and the rule for applying a change. No asyncio, no I/O, no protobuf: everything else calls these.
 
 A change carries the event's whole state after it, so applying one is "keep it if its version is
-newer"; re-delivered or stale messages are ignored, which makes the consumer idempotent.
+newer" (``slotlock.conflation.is_newer``, the one copy of that rule); re-delivered or stale
+messages are ignored, which makes the consumer idempotent.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
+
+from slotlock.conflation import is_newer
 
 
 class Badge(enum.Enum):
@@ -133,6 +136,6 @@ def apply_change(
     held (a duplicate, a re-delivery after a resync, or a stale message)."""
     if isinstance(current, Mapping):
         current = current.get(incoming.event_id)
-    if current is not None and incoming.version <= current.version:
+    if current is not None and not is_newer(incoming.version, current.version):
         return None
     return view_of(incoming, policy)

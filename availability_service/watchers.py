@@ -1,19 +1,20 @@
 """The hub that fans updates out to watch streams.
 
-Each watcher holds a "latest per event" slot map and a wake-up signal, not a queue: a slow watcher
-only ever gets the newest state of each event (conflation), never blocks the feed, and holds at
-most one entry per watched event. Updates are built once by the caller and the same object is
-handed to every watcher.
+Each watcher is a ``slotlock.conflation.Mailbox`` (a "latest per event" slot map and a wake-up,
+not a queue): a slow watcher only ever gets the newest state of each event, never blocks the
+feed, and holds at most one entry per watched event. Updates are built once by the caller and
+the same object is handed to every watcher.
 """
 
 from __future__ import annotations
 
-import asyncio
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from slotlock import errors
+from slotlock.conflation import Mailbox
 
 M = TypeVar("M")
 
@@ -33,47 +34,26 @@ class Update(Generic[M]):
     payload: bytes = b""
 
 
-class Watcher(Generic[M]):
-    """One watch stream's mailbox: the latest update per event plus a wake-up."""
+_version_of = operator.attrgetter("version")
 
-    __slots__ = ("_closed", "_slots", "_wake", "event_ids")
+
+class Watcher(Mailbox[str, Update[M]]):
+    """One watch stream's mailbox: the latest update per event plus a wake-up. A slot never goes
+    back to an older version (``slotlock.conflation.is_newer``)."""
+
+    __slots__ = ("event_ids",)
 
     def __init__(self, event_ids: frozenset[str] | None) -> None:
+        super().__init__(version_of=_version_of)
         self.event_ids = event_ids  # None = every event
-        self._slots: dict[str, Update[M]] = {}
-        self._wake = asyncio.Event()
-        self._closed = False
 
-    def offer(self, update: Update[M]) -> None:
-        """Keep ``update`` unless the slot already holds this or a newer version."""
-        held = self._slots.get(update.event_id)
-        if held is not None and held.version >= update.version:
-            return
-        self._slots[update.event_id] = update
-        self._wake.set()
-
-    @property
-    def backlog(self) -> int:
-        return len(self._slots)
-
-    def take(self) -> list[Update[M]]:
-        """Everything waiting, oldest slot first; empties the mailbox."""
-        batch = list(self._slots.values())
-        self._slots.clear()
-        self._wake.clear()
+    async def next_batch(self, timeout: float | None = None) -> list[Update[M]]:
+        """The updates waiting (after waiting for some); ``Unavailable`` once closed and drained,
+        so the stream ends with a status the client retries on."""
+        batch = await super().next_batch(timeout)
+        if not batch and self.closed:
+            raise errors.Unavailable("the service is shutting down")
         return batch
-
-    async def next_batch(self) -> list[Update[M]]:
-        while not self._slots:
-            if self._closed:
-                raise errors.Unavailable("the service is shutting down")
-            self._wake.clear()
-            await self._wake.wait()
-        return self.take()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
 
 
 class WatcherHub(Generic[M]):
@@ -101,7 +81,7 @@ class WatcherHub(Generic[M]):
         ids = None if event_ids is None else frozenset(event_ids)
         watcher: Watcher[M] = Watcher(ids)
         for update in initial:
-            watcher.offer(update)
+            watcher.offer(update.event_id, update)
         if ids is None:
             self._all.add(watcher)
         else:
@@ -132,11 +112,11 @@ class WatcherHub(Generic[M]):
     def publish(self, update: Update[M]) -> None:
         """Hand ``update`` to every interested watcher. Never awaits, never blocks."""
         for watcher in self._all:
-            watcher.offer(update)
+            watcher.offer(update.event_id, update)
         group = self._by_event.get(update.event_id)
         if group:
             for watcher in group:
-                watcher.offer(update)
+                watcher.offer(update.event_id, update)
 
     def close_all(self) -> None:
         for watcher in list(self._all):

@@ -1,0 +1,90 @@
+"""Conflation: the one mailbox and the one version rule of every live feed in slotlock.
+
+A change carries an event's whole state after it, so a reader that falls behind never needs the
+states it missed, only the newest. ``Mailbox`` keeps exactly that: the latest value per key plus
+a wake-up, never a queue. A slow reader therefore holds at most one value per key, costs its
+writer one dict store, and can never block it. The availability watch streams
+(``availability_service.watchers``) and the gateway's browsers (``gateway.fanout``) both use it.
+
+``is_newer`` is the one rule for "keep it if its version is newer": a re-delivered or stale
+message (same or lower version) is ignored, which is what makes every consumer idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def is_newer(incoming: int, held: int | None) -> bool:
+    """True when a state at version ``incoming`` should replace the one held at ``held``
+    (None: nothing held). Strictly newer: an equal version is a duplicate, never a change."""
+    return held is None or incoming > held
+
+
+class Mailbox(Generic[K, V]):
+    """The latest value per key plus a wake-up, for one reader.
+
+    Given ``version_of``, a value older than or as old as the one waiting under its key is
+    ignored (``is_newer``), so a slot never goes backwards. Without it the newest offer wins:
+    the writer has already applied the rule (the gateway keeps its own latest-version table).
+    Values come out in the order their keys were first offered since the last take.
+    """
+
+    __slots__ = ("_closed", "_slots", "_version_of", "_wake")
+
+    def __init__(self, version_of: Callable[[V], int] | None = None) -> None:
+        self._slots: dict[K, V] = {}
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._version_of = version_of
+
+    def offer(self, key: K, value: V) -> bool:
+        """Put ``value`` in the slot of ``key``; False if it was not newer than what waits."""
+        version_of = self._version_of
+        if version_of is not None:
+            held = self._slots.get(key)
+            if held is not None and not is_newer(version_of(value), version_of(held)):
+                return False
+        self._slots[key] = value
+        self._wake.set()
+        return True
+
+    @property
+    def backlog(self) -> int:
+        """How many values wait: at most one per key, however many offers were made."""
+        return len(self._slots)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def take(self) -> list[V]:
+        """Everything waiting; empties the mailbox."""
+        batch = list(self._slots.values())
+        self._slots.clear()
+        self._wake.clear()
+        return batch
+
+    async def next_batch(self, timeout: float | None = None) -> list[V]:
+        """Wait until something is waiting, then take it. Returns [] once closed and empty, or
+        after ``timeout`` seconds of quiet (a caller that sends keep-alives wants that)."""
+        while not self._slots and not self._closed:
+            self._wake.clear()
+            if timeout is None:
+                await self._wake.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                break
+        return self.take()
+
+    def close(self) -> None:
+        """Wake the reader for good: what still waits is delivered, then batches are empty."""
+        self._closed = True
+        self._wake.set()
