@@ -5,6 +5,8 @@ servicer method has to remember to: a ``SlotlockError`` ends the call with the c
 category and its message; a request body that is not valid protobuf is answered
 INVALID_ARGUMENT (grpc.aio would otherwise answer UNKNOWN and log a traceback); anything else
 unexpected is logged once and answered INTERNAL, never UNKNOWN and never a traceback on the wire.
+Before any handler runs, the request's fields are checked against the contract's bounds
+(``slotlock.bounds``): size limits and no NUL characters.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from slotlock import errors
+from slotlock import bounds, errors
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ def _unary(behaviour: Behaviour, method: str) -> Behaviour:
         if isinstance(request, Undecodable):
             await _refuse_undecodable(request, method, context)
         try:
+            bounds.check_request(request)  # type: ignore[arg-type]  # decoded by protobuf
             result = behaviour(request, context)
             return await result if inspect.isawaitable(result) else result
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -130,6 +133,7 @@ def _streaming(behaviour: Behaviour, method: str) -> Behaviour:
             if isinstance(request, Undecodable):
                 await _refuse_undecodable(request, method, context)
             try:
+                bounds.check_request(request)  # type: ignore[arg-type]
                 result = behaviour(request, context)
                 if inspect.isawaitable(result):
                     await result
@@ -144,6 +148,7 @@ def _streaming(behaviour: Behaviour, method: str) -> Behaviour:
         if isinstance(request, Undecodable):
             await _refuse_undecodable(request, method, context)
         try:
+            bounds.check_request(request)  # type: ignore[arg-type]
             async for item in behaviour(request, context):
                 yield item
         except (asyncio.CancelledError, grpc.aio.AbortError):

@@ -227,7 +227,7 @@ class WatchAvailabilityRequest(_message.Message):
     KNOWN_VERSIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """empty = every event"""
+        """Empty = every event."""
 
     @_builtins.property
     def known_versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:

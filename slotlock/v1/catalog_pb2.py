@@ -23,27 +23,38 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from slotlock.v1 import bounds_pb2 as slotlock_dot_v1_dot_bounds__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slotlock/v1/catalog.proto\x12\x0bslotlock.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\xa8\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x18\n\x10\x65xperience_title\x18\x03 \x01(\t\x12\x12\n\nlocal_date\x18\x04 \x01(\t\x12\x18\n\x10local_start_time\x18\x05 \x01(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12-\n\tstarts_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\x05\x12(\n\x06status\x18\t \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x1f\n\x17\x65xperience_only_enabled\x18\n \x01(\x08\x12(\n\x0c\x64inner_price\x18\x0b \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x31\n\x15\x65xperience_only_price\x18\x0c \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x0c\n\x04paid\x18\r \x01(\x05\x12\x0f\n\x07pending\x18\x0e \x01(\x05\x12\x11\n\tavailable\x18\x0f \x01(\x05\x12\x0f\n\x07version\x18\x10 \x01(\x03\"q\n\x0ePaymentAttempt\x12\x19\n\x11provider_order_id\x18\x01 \x01(\t\x12\x1e\n\x16virtual_account_number\x18\x02 \x01(\t\x12\x0f\n\x07qr_code\x18\x03 \x01(\t\x12\x13\n\x0bqr_code_url\x18\x04 \x01(\t\"\x8a\x03\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12,\n\x0bticket_type\x18\x04 \x01(\x0e\x32\x17.slotlock.v1.TicketType\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.slotlock.v1.ReservationStatus\x12\x14\n\x0c\x63ustomer_ref\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07payment\x18\n \x01(\x0b\x32\x1b.slotlock.v1.PaymentAttempt\x12\x19\n\x11payment_reference\x18\x0b \x01(\t*~\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_STATUS_SCHEDULED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_CANCELLED\x10\x02\x12\x19\n\x15\x45VENT_STATUS_SOLD_OUT\x10\x03*b\n\nTicketType\x12\x1b\n\x17TICKET_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12TICKET_TYPE_DINNER\x10\x01\x12\x1f\n\x1bTICKET_TYPE_EXPERIENCE_ONLY\x10\x02*\xd7\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATUS_PENDING\x10\x01\x12\x1b\n\x17RESERVATION_STATUS_PAID\x10\x02\x12 \n\x1cRESERVATION_STATUS_CANCELLED\x10\x03\x12\x1e\n\x1aRESERVATION_STATUS_EXPIRED\x10\x04\x12\x1f\n\x1bRESERVATION_STATUS_REFUNDED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slotlock/v1/catalog.proto\x12\x0bslotlock.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18slotlock/v1/bounds.proto\"1\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x18\n\x08\x63urrency\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x08\x08\"\xa8\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x18\n\x10\x65xperience_title\x18\x03 \x01(\t\x12\x12\n\nlocal_date\x18\x04 \x01(\t\x12\x18\n\x10local_start_time\x18\x05 \x01(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12-\n\tstarts_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\x05\x12(\n\x06status\x18\t \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x1f\n\x17\x65xperience_only_enabled\x18\n \x01(\x08\x12(\n\x0c\x64inner_price\x18\x0b \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x31\n\x15\x65xperience_only_price\x18\x0c \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x0c\n\x04paid\x18\r \x01(\x05\x12\x0f\n\x07pending\x18\x0e \x01(\x05\x12\x11\n\tavailable\x18\x0f \x01(\x05\x12\x0f\n\x07version\x18\x10 \x01(\x03\"\x94\x01\n\x0ePaymentAttempt\x12\"\n\x11provider_order_id\x18\x01 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12&\n\x16virtual_account_number\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x18\n\x07qr_code\x18\x03 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\x12\x1c\n\x0bqr_code_url\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"\xa1\x03\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12,\n\x0bticket_type\x18\x04 \x01(\x0e\x32\x17.slotlock.v1.TicketType\x12.\n\x06status\x18\x05 \x01(\x0e\x32\x1e.slotlock.v1.ReservationStatus\x12\x14\n\x0c\x63ustomer_ref\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07payment\x18\n \x01(\x0b\x32\x1b.slotlock.v1.PaymentAttempt\x12\x19\n\x11payment_reference\x18\x0b \x01(\t\x12\x15\n\rrefund_reason\x18\x0c \x01(\t*~\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_STATUS_SCHEDULED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_CANCELLED\x10\x02\x12\x19\n\x15\x45VENT_STATUS_SOLD_OUT\x10\x03*b\n\nTicketType\x12\x1b\n\x17TICKET_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12TICKET_TYPE_DINNER\x10\x01\x12\x1f\n\x1bTICKET_TYPE_EXPERIENCE_ONLY\x10\x02*\xd7\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATUS_PENDING\x10\x01\x12\x1b\n\x17RESERVATION_STATUS_PAID\x10\x02\x12 \n\x1cRESERVATION_STATUS_CANCELLED\x10\x03\x12\x1e\n\x1aRESERVATION_STATUS_EXPIRED\x10\x04\x12\x1f\n\x1bRESERVATION_STATUS_REFUNDED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slotlock.v1.catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTSTATUS']._serialized_start=1057
-  _globals['_EVENTSTATUS']._serialized_end=1183
-  _globals['_TICKETTYPE']._serialized_start=1185
-  _globals['_TICKETTYPE']._serialized_end=1283
-  _globals['_RESERVATIONSTATUS']._serialized_start=1286
-  _globals['_RESERVATIONSTATUS']._serialized_end=1501
-  _globals['_MONEY']._serialized_start=75
-  _globals['_MONEY']._serialized_end=116
-  _globals['_EVENT']._serialized_start=119
-  _globals['_EVENT']._serialized_end=543
-  _globals['_PAYMENTATTEMPT']._serialized_start=545
-  _globals['_PAYMENTATTEMPT']._serialized_end=658
-  _globals['_RESERVATION']._serialized_start=661
-  _globals['_RESERVATION']._serialized_end=1055
+  _globals['_MONEY'].fields_by_name['currency']._loaded_options = None
+  _globals['_MONEY'].fields_by_name['currency']._serialized_options = b'\312\363\030\002\010\010'
+  _globals['_PAYMENTATTEMPT'].fields_by_name['provider_order_id']._loaded_options = None
+  _globals['_PAYMENTATTEMPT'].fields_by_name['provider_order_id']._serialized_options = b'\312\363\030\003\010\200\001'
+  _globals['_PAYMENTATTEMPT'].fields_by_name['virtual_account_number']._loaded_options = None
+  _globals['_PAYMENTATTEMPT'].fields_by_name['virtual_account_number']._serialized_options = b'\312\363\030\002\010@'
+  _globals['_PAYMENTATTEMPT'].fields_by_name['qr_code']._loaded_options = None
+  _globals['_PAYMENTATTEMPT'].fields_by_name['qr_code']._serialized_options = b'\312\363\030\003\010\200\010'
+  _globals['_PAYMENTATTEMPT'].fields_by_name['qr_code_url']._loaded_options = None
+  _globals['_PAYMENTATTEMPT'].fields_by_name['qr_code_url']._serialized_options = b'\312\363\030\003\010\200\010'
+  _globals['_EVENTSTATUS']._serialized_start=1150
+  _globals['_EVENTSTATUS']._serialized_end=1276
+  _globals['_TICKETTYPE']._serialized_start=1278
+  _globals['_TICKETTYPE']._serialized_end=1376
+  _globals['_RESERVATIONSTATUS']._serialized_start=1379
+  _globals['_RESERVATIONSTATUS']._serialized_end=1594
+  _globals['_MONEY']._serialized_start=101
+  _globals['_MONEY']._serialized_end=150
+  _globals['_EVENT']._serialized_start=153
+  _globals['_EVENT']._serialized_end=577
+  _globals['_PAYMENTATTEMPT']._serialized_start=580
+  _globals['_PAYMENTATTEMPT']._serialized_end=728
+  _globals['_RESERVATION']._serialized_start=731
+  _globals['_RESERVATION']._serialized_end=1148
 # @@protoc_insertion_point(module_scope)

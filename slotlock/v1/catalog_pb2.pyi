@@ -234,6 +234,7 @@ class Reservation(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PAYMENT_FIELD_NUMBER: _builtins.int
     PAYMENT_REFERENCE_FIELD_NUMBER: _builtins.int
+    REFUND_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     event_id: _builtins.str
     quantity: _builtins.int
@@ -242,6 +243,8 @@ class Reservation(_message.Message):
     customer_ref: _builtins.str
     payment_reference: _builtins.str
     """set by ConfirmHold"""
+    refund_reason: _builtins.str
+    """set by RefundReservation"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -268,10 +271,11 @@ class Reservation(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         payment: Global___PaymentAttempt | None = ...,
         payment_reference: _builtins.str = ...,
+        refund_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "payment", b"payment", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "customer_ref", b"customer_ref", "event_id", b"event_id", "expires_at", b"expires_at", "id", b"id", "payment", b"payment", "payment_reference", b"payment_reference", "quantity", b"quantity", "status", b"status", "ticket_type", b"ticket_type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "customer_ref", b"customer_ref", "event_id", b"event_id", "expires_at", b"expires_at", "id", b"id", "payment", b"payment", "payment_reference", b"payment_reference", "quantity", b"quantity", "refund_reason", b"refund_reason", "status", b"status", "ticket_type", b"ticket_type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

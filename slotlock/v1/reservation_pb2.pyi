@@ -315,7 +315,7 @@ class ListReservationsRequest(_message.Message):
     status: _catalog_pb2.ReservationStatus.ValueType
     """UNSPECIFIED = any"""
     page_size: _builtins.int
-    """0 = 50; at most 500"""
+    """0 = 50; at most 200"""
     page_token: _builtins.str
     def __init__(
         self,
