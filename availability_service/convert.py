@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC
 
 from availability_service import projection
+from slotlock import errors
 from slotlock.v1 import availability_pb2, catalog_pb2, changes_pb2
 
 _STATUS_FROM_PROTO = {
@@ -25,6 +26,24 @@ BADGE_TO_PROTO = {
     projection.Badge.SOLD_OUT: availability_pb2.BADGE_SOLD_OUT,
 }
 BADGE_FROM_PROTO: dict[int, projection.Badge] = {int(v): k for k, v in BADGE_TO_PROTO.items()}
+
+
+def status_filter(value: int) -> projection.EventStatus | None:
+    """A listing's status filter: None when unset, refused when not a known status."""
+    if value == catalog_pb2.EVENT_STATUS_UNSPECIFIED:
+        return None
+    if value not in STATUS_FROM_PROTO:
+        raise errors.InvalidRequest(f"status {value} is not a known status")
+    return STATUS_FROM_PROTO[value]
+
+
+def badge_filter(value: int) -> projection.Badge | None:
+    """A listing's badge filter: None when unset, refused when not a known badge."""
+    if value == availability_pb2.BADGE_UNSPECIFIED:
+        return None
+    if value not in BADGE_FROM_PROTO:
+        raise errors.InvalidRequest(f"badge {value} is not a known badge")
+    return BADGE_FROM_PROTO[value]
 
 
 def facts_from_event(event: catalog_pb2.Event) -> projection.EventFacts:
@@ -52,15 +71,11 @@ def facts_from_event(event: catalog_pb2.Event) -> projection.EventFacts:
     )
 
 
-def facts_from_change(change: changes_pb2.EventChange) -> projection.EventFacts:
-    return facts_from_event(change.event)
-
-
 def parse_change(data: bytes) -> projection.EventFacts:
     """Decode one feed message (raises ``google.protobuf.message.DecodeError`` on garbage)."""
     change = changes_pb2.EventChange()
     change.ParseFromString(data)
-    return facts_from_change(change)
+    return facts_from_event(change.event)
 
 
 def to_proto(view: projection.EventView) -> availability_pb2.EventAvailability:

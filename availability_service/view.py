@@ -1,7 +1,9 @@
 """The live view: event id -> current ``EventView`` and its wire message, plus the watcher hub.
 
-Applying goes through the pure ``projection.apply_change``; an accepted change is converted to
-its wire message once and that object is what every reader and watcher gets.
+The view is the availability side's application layer: it applies changes (through the pure
+``projection.apply_change``) and answers every query (get, list, watch), so the servicer only
+converts protobuf. An accepted change is converted to its wire message and serialized once, and
+that object is what every reader and watcher gets.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 
-from availability_service import convert, projection
+from availability_service import convert, listing, projection
 from availability_service.watchers import Update, Watcher, WatcherHub
 from slotlock import errors
+from slotlock.conflation import is_newer
 from slotlock.v1 import availability_pb2
 
 Message = availability_pb2.EventAvailability
@@ -24,8 +27,7 @@ class AvailabilityView:
         self.messages: dict[str, Update[Message]] = {}
         self.hub: WatcherHub[Message] = WatcherHub(max_watchers)
         self._ready = asyncio.Event()
-        self.applied = 0
-        self.ignored = 0
+        self.applied = 0  # accepted changes; logs and tests read it
 
     @property
     def ready(self) -> bool:
@@ -41,7 +43,6 @@ class AvailabilityView:
         """Apply one change; True if it was newer than what we held."""
         new_view = projection.apply_change(self.views.get(facts.event_id), facts, self.policy)
         if new_view is None:
-            self.ignored += 1
             return False
         self.views[facts.event_id] = new_view
         message = convert.to_proto(new_view)
@@ -62,6 +63,19 @@ class AvailabilityView:
             raise errors.NotFound(f"no event with id {event_id}")
         return update
 
+    def list_events(
+        self, filters: listing.Filters, page_size: int, page_token: str
+    ) -> tuple[list[Message], str]:
+        """One page of the events matching ``filters`` (by date, start time, code) and the token
+        of the next page ("" on the last one)."""
+        size = listing.page_size_of(page_size)
+        # A bad token is refused even while rebuilding: retrying would not make it good.
+        after = listing.decode_after(page_token, filters)
+        self.require_ready()
+        page = listing.list_page(self.views.values(), filters, size, after)
+        messages = [self.messages[view.event_id].message for view in page.events]
+        return messages, page.next_page_token
+
     def watch(
         self, event_ids: Iterable[str] | None, known_versions: Mapping[str, int]
     ) -> Watcher[Message]:
@@ -76,5 +90,10 @@ class AvailabilityView:
             if missing:
                 raise errors.NotFound(f"no event with id {', '.join(missing[:5])}")
             candidates = [self.messages[event_id] for event_id in ids]
-        initial = (u for u in candidates if u.version > known_versions.get(u.event_id, 0))
+        # An event missing from known_versions reads as version 0, the wire's "never seen".
+        initial = (u for u in candidates if is_newer(u.version, known_versions.get(u.event_id, 0)))
         return self.hub.register(event_ids, initial)
+
+    def unwatch(self, watcher: Watcher[Message]) -> None:
+        """The watch stream ended (idempotent)."""
+        self.hub.unregister(watcher)
