@@ -18,14 +18,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import nats
 import nats.errors
 import nats.js.errors
 import tenacity
 from google.protobuf.message import DecodeError
-from nats.js import api
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
 
 from availability_service import convert
 from availability_service.view import AvailabilityView
@@ -63,9 +66,9 @@ class FeedConsumer:
         self.view = view
         self.heartbeat_s = heartbeat_s
         self.syncs = 0  # how many (re)syncs ran; tests and logs read it
-        self._nc: Any = None
-        self._js: Any = None
-        self._sub: Any = None
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._sub: Subscription | None = None
         self._consumer_name: str | None = None
         self._generation = 0
         self._next_dseq = 1
@@ -146,7 +149,7 @@ class FeedConsumer:
             quiet[0] = True
 
         try:
-            self._nc = await nats.connect(
+            nc = await nats.connect(
                 self.nats_url,
                 name="slotlock-availability",
                 connect_timeout=2,
@@ -160,7 +163,7 @@ class FeedConsumer:
         except _TRANSIENT as error:
             raise errors.Unavailable(f"cannot reach NATS at {self.nats_url}: {error!r}") from None
         # Short API timeouts: a request lost around a broker restart is retried, not waited on.
-        self._js = self._nc.jetstream(timeout=2.0)
+        self._nc, self._js = nc, nc.jetstream(timeout=2.0)
 
     @tenacity.retry(
         retry=tenacity.retry_if_exception_type(errors.Unavailable),
@@ -172,6 +175,9 @@ class FeedConsumer:
     async def _sync(self) -> None:
         """Replace the consumer with a fresh one delivering the last message of every subject,
         then the tail. Messages of older generations are ignored from here on."""
+        nc, js = self._nc, self._js
+        if nc is None or js is None:
+            raise errors.Unavailable("not connected to NATS yet")
         self._generation += 1
         generation = self._generation
         self._next_dseq = 1
@@ -186,11 +192,11 @@ class FeedConsumer:
                     await old_sub.unsubscribe()
             if old_consumer is not None:
                 with contextlib.suppress(*_TRANSIENT):
-                    await self._js.delete_consumer(self.feed.stream, old_consumer)
-            await self.feed.ensure_stream(self._js)
-            inbox = self._nc.new_inbox()
-            self._sub = await self._nc.subscribe(inbox, cb=self._callback(generation))
-            info = await self._js.add_consumer(
+                    await js.delete_consumer(self.feed.stream, old_consumer)
+            await self.feed.ensure_stream(js)
+            inbox = nc.new_inbox()
+            self._sub = await nc.subscribe(inbox, cb=self._callback(generation))
+            info = await js.add_consumer(
                 self.feed.stream,
                 api.ConsumerConfig(
                     deliver_subject=inbox,
@@ -218,8 +224,8 @@ class FeedConsumer:
 
     # -- the message path ----------------------------------------------------------------------
 
-    def _callback(self, generation: int) -> Any:
-        async def on_message(msg: Any) -> None:
+    def _callback(self, generation: int) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(msg: Msg) -> None:
             if generation != self._generation:
                 return  # a message for a consumer we already replaced
             self._last_activity = time.monotonic()
@@ -254,10 +260,10 @@ class FeedConsumer:
 
         return on_message
 
-    async def _on_control(self, msg: Any, headers: dict[str, str]) -> None:
+    async def _on_control(self, msg: Msg, headers: dict[str, str]) -> None:
         description = headers.get(_DESCRIPTION, "")
         reply = msg.reply if description.startswith("Flow") else headers.get(_CONSUMER_STALLED)
-        if reply:
+        if reply and self._nc is not None:
             # Every earlier message has been applied (the callback runs them in order).
             with contextlib.suppress(*_TRANSIENT):
                 await self._nc.publish(reply, b"")
