@@ -63,6 +63,10 @@ class Mailbox(Generic[K, V]):
     def closed(self) -> bool:
         return self._closed
 
+    def pop(self, key: K) -> V | None:
+        """Take the value waiting under ``key`` alone (the gateway sends its status first)."""
+        return self._slots.pop(key, None)
+
     def take(self) -> list[V]:
         """Everything waiting; empties the mailbox."""
         batch = list(self._slots.values())
@@ -70,9 +74,9 @@ class Mailbox(Generic[K, V]):
         self._wake.clear()
         return batch
 
-    async def next_batch(self, timeout: float | None = None) -> list[V]:
-        """Wait until something is waiting, then take it. Returns [] once closed and empty, or
-        after ``timeout`` seconds of quiet (a caller that sends keep-alives wants that)."""
+    async def wait(self, timeout: float | None = None) -> None:
+        """Return once something waits or the mailbox is closed, or after ``timeout`` seconds
+        of quiet (a reader that sends keep-alives wants that)."""
         while not self._slots and not self._closed:
             self._wake.clear()
             if timeout is None:
@@ -81,7 +85,12 @@ class Mailbox(Generic[K, V]):
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
-                break
+                return
+
+    async def next_batch(self, timeout: float | None = None) -> list[V]:
+        """Wait (see ``wait``), then take everything waiting: [] once closed and drained, or
+        after ``timeout`` seconds of quiet."""
+        await self.wait(timeout)
         return self.take()
 
     def close(self) -> None:

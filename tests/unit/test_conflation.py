@@ -108,3 +108,12 @@ async def test_a_never_reading_reader_costs_the_writer_nothing(timeout: float | 
     await asyncio.wait_for(reader, 1)
     assert idle.backlog == 1
     assert received[-1] == 200 and received == sorted(received)
+
+
+async def test_pop_takes_one_slot_alone() -> None:
+    mailbox: Mailbox[str, str] = Mailbox()
+    mailbox.offer("a", "a1")
+    mailbox.offer("status", "live")
+    assert mailbox.pop("status") == "live"
+    assert mailbox.pop("status") is None
+    assert mailbox.take() == ["a1"]
