@@ -8,10 +8,10 @@ import gc
 import logging
 import os
 import signal
-import sys
 
 from availability_service.server import AvailabilityServer
-from availability_service.settings import Settings, SettingsError
+from availability_service.settings import Settings
+from slotlock import settings as slotlock_settings
 
 
 async def serve(settings: Settings) -> None:
@@ -35,11 +35,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env(os.environ)
-    except SettingsError as error:
-        print(f"slotlock-availability: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = slotlock_settings.load("slotlock-availability", Settings.from_env, os.environ)
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
+import os
 
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from slotlock import settings as slotlock_settings
 
 # Browsers keep Server-Sent Events streams open forever; do not wait for them on shutdown.
 GRACEFUL_SHUTDOWN_S = 1
@@ -28,11 +29,7 @@ def build_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Serv
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-    except ValueError as error:
-        print(f"gateway: {error}", file=sys.stderr)
-        sys.exit(2)
+    settings = slotlock_settings.load("gateway", Settings.from_env, os.environ)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -30,31 +29,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import payloads
-from gateway.fanout import AvailabilityFanout, TooManyWatchers, describe_unavailable
+from gateway.fanout import AvailabilityFanout, TooManyWatchers
 from gateway.settings import Settings
-from slotlock.grpc_errors import unwrap
-from slotlock.v1 import (
-    availability_pb2,
-    availability_pb2_grpc,
-    catalog_pb2,
-    reservation_pb2,
-    reservation_pb2_grpc,
-)
+from slotlock import client
+from slotlock.v1 import availability_pb2, catalog_pb2, reservation_pb2
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-
-# Reconnect quickly after a service restarts (gRPC's default backoff grows to two minutes), and
-# keep the shared watch's connection checked without tripping a server's ping policy.
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-)
 
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -78,12 +60,12 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "code": code}, status_code=status)
 
 
-def rpc_error_response(service: str, error: grpc.aio.AioRpcError) -> JSONResponse:
+def rpc_error_response(service: str, error: grpc.RpcError) -> JSONResponse:
     """One gRPC failure as HTTP: the right status and a sentence a person can read."""
-    code, message = unwrap(error)
+    code, message = client.status_of(error)
     status = HTTP_STATUS.get(code, 502)
     if status == 503:
-        reason = describe_unavailable(service, code, message)
+        reason = client.describe_error(error, service)
         message = f"{reason[0].upper()}{reason[1:]}. Please try again in a moment."
     elif status == 502:
         log.warning("%s service failed: %s %s", service, code.name, message)
@@ -99,7 +81,7 @@ def upstream(service: str) -> Callable[[Method], Method]:
         async def wrapper(self: Gateway, request: Request) -> Response:
             try:
                 return await handler(self, request)
-            except grpc.aio.AioRpcError as error:
+            except grpc.RpcError as error:
                 return rpc_error_response(service, error)
             except payloads.BadRequest as error:
                 return error_response(400, "INVALID_ARGUMENT", str(error))
@@ -129,31 +111,22 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.reservations: Any = None
-        self.availability: Any = None
-        self._channels: list[Any] = []
+        self.services: client.Services
         self.fanout: AvailabilityFanout
 
     async def connect(self) -> None:
         """Open the channels and start the shared watch (inside the server's event loop)."""
-        reservation_channel = grpc.aio.insecure_channel(
-            self.settings.reservation_addr, options=CHANNEL_OPTIONS
+        self.services = client.Services(
+            self.settings.reservation_addr, self.settings.availability_addr
         )
-        availability_channel = grpc.aio.insecure_channel(
-            self.settings.availability_addr, options=CHANNEL_OPTIONS
-        )
-        self._channels = [reservation_channel, availability_channel]
-        self.reservations = reservation_pb2_grpc.ReservationServiceStub(reservation_channel)
-        self.availability = availability_pb2_grpc.AvailabilityServiceStub(availability_channel)
         self.fanout = AvailabilityFanout(
-            self.availability, health_pb2_grpc.HealthStub(availability_channel), self.settings
+            self.services.availability, self.services.availability_health, self.settings
         )
         self.fanout.start()
 
     async def close(self) -> None:
         await self.fanout.stop()
-        for channel in self._channels:
-            await channel.close()
+        await self.services.close()
 
     async def index(self, request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -171,20 +144,23 @@ class Gateway:
     @upstream("availability")
     async def list_events(self, request: Request) -> Response:
         now = datetime.now(UTC)
-        events: list[dict[str, Any]] = []
-        page_token = ""
-        while True:
-            reply = await self.availability.ListAvailability(
-                availability_pb2.ListAvailabilityRequest(page_size=500, page_token=page_token),
-                timeout=self.settings.rpc_timeout_s,
-            )
-            events.extend(payloads.availability_json(ev) for ev in reply.events)
-            page_token = reply.next_page_token
-            if not page_token:
-                break
+        pages = client.paginate(
+            self.services.availability.ListAvailability,
+            availability_pb2.ListAvailabilityRequest(page_size=500),
+            lambda reply: reply.events,
+            timeout=self.settings.rpc_timeout_s,
+        )
+        events = [payloads.availability_json(ev) async for ev in pages]
         listed = [ev for ev in events if is_listed(ev, now)]
         listed.sort(key=lambda ev: (ev["starts_at"] or "", ev["code"]))
-        return JSONResponse({"events": listed, "live": self.fanout.live})
+        return JSONResponse(
+            {
+                "events": listed,
+                "live": self.fanout.live,
+                # The page caps its seat picker with this; the reservation service enforces it.
+                "max_seats_per_hold": self.settings.max_seats_per_hold,
+            }
+        )
 
     async def stream(self, request: Request) -> Response:
         try:
@@ -216,7 +192,9 @@ class Gateway:
             hold.idempotency_key = str(uuid.uuid4())
         if not hold.customer_ref:
             hold.customer_ref = "web"
-        reply = await self.reservations.CreateHold(hold, timeout=self.settings.rpc_timeout_s)
+        reply = await self.services.reservations.CreateHold(
+            hold, timeout=self.settings.rpc_timeout_s
+        )
         return JSONResponse(payloads.hold_json(reply, datetime.now(UTC)), status_code=201)
 
     @upstream("reservation")
@@ -224,7 +202,7 @@ class Gateway:
         token = payloads.parse_hold_token(await json_body(request))
         # Payment is simulated: a real gateway would get this reference from the provider.
         reference = f"SIM-{uuid.uuid4().hex[:12].upper()}"
-        reservation: catalog_pb2.Reservation = await self.reservations.ConfirmHold(
+        reservation: catalog_pb2.Reservation = await self.services.reservations.ConfirmHold(
             reservation_pb2.ConfirmHoldRequest(
                 reservation_id=request.path_params["reservation_id"],
                 hold_token=token,
@@ -237,7 +215,7 @@ class Gateway:
     @upstream("reservation")
     async def cancel_hold(self, request: Request) -> Response:
         token = payloads.parse_hold_token(await json_body(request))
-        reservation: catalog_pb2.Reservation = await self.reservations.ReleaseHold(
+        reservation: catalog_pb2.Reservation = await self.services.reservations.ReleaseHold(
             reservation_pb2.ReleaseHoldRequest(
                 reservation_id=request.path_params["reservation_id"], hold_token=token
             ),

@@ -8,18 +8,14 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from slotlock import client
 from slotlock.labels import short_name
 from slotlock.v1 import availability_pb2, catalog_pb2, reservation_pb2
 
-# The page and the CLI say "dinner" / "experience-only"; both spellings of the second are taken.
+# The page and the CLI say "dinner" / "experience-only"; the page also accepts "experience_only".
 TICKET_TYPES = {
-    "dinner": catalog_pb2.TICKET_TYPE_DINNER,
-    "experience-only": catalog_pb2.TICKET_TYPE_EXPERIENCE_ONLY,
-    "experience_only": catalog_pb2.TICKET_TYPE_EXPERIENCE_ONLY,
-}
-TICKET_TYPE_NAMES = {
-    catalog_pb2.TICKET_TYPE_DINNER: "dinner",
-    catalog_pb2.TICKET_TYPE_EXPERIENCE_ONLY: "experience-only",
+    **client.TICKET_TYPES,
+    **{name.replace("-", "_"): value for name, value in client.TICKET_TYPES.items()},
 }
 
 
@@ -68,7 +64,7 @@ def reservation_json(res: catalog_pb2.Reservation) -> dict[str, Any]:
         "id": res.id,
         "event_id": res.event_id,
         "quantity": res.quantity,
-        "ticket_type": TICKET_TYPE_NAMES.get(res.ticket_type, "dinner"),
+        "ticket_type": client.ticket_type_name(res.ticket_type),
         "status": short_name(catalog_pb2.ReservationStatus, res.status, "UNSPECIFIED"),
         "expires_at": timestamp_iso(res.expires_at, res.HasField("expires_at")),
         "payment_reference": res.payment_reference or None,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from slotlock.settings import Reader, read_max_seats_per_hold
 
 
 @dataclass(frozen=True)
@@ -21,50 +22,22 @@ class Settings:
     # SSE comment lines keep proxies from closing an idle stream.
     sse_keepalive_s: float = 15.0
     log_level: str = "INFO"
+    # The reservation service's limit (same variable), served to the page for its seat picker.
+    max_seats_per_hold: int = 10
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build from ``SLOTLOCK_*`` variables; a malformed value raises ValueError naming it."""
-        source = os.environ if env is None else env
-        defaults = cls()
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build from ``SLOTLOCK_*`` variables; a bad value raises ``SettingsError`` naming it."""
+        d = cls()
+        read = Reader(env)
         return cls(
-            host=source.get("SLOTLOCK_GATEWAY_HOST", defaults.host),
-            port=_port(source, "SLOTLOCK_GATEWAY_PORT", defaults.port),
-            reservation_addr=source.get("SLOTLOCK_RESERVATION_ADDR", defaults.reservation_addr),
-            availability_addr=source.get("SLOTLOCK_AVAILABILITY_ADDR", defaults.availability_addr),
-            rpc_timeout_s=_float(source, "SLOTLOCK_GATEWAY_RPC_TIMEOUT_S", defaults.rpc_timeout_s),
-            log_level=_log_level(source, "SLOTLOCK_LOG_LEVEL", defaults.log_level),
+            host=read.text("SLOTLOCK_GATEWAY_HOST", d.host),
+            port=read.port("SLOTLOCK_GATEWAY_PORT", d.port),
+            reservation_addr=read.address("SLOTLOCK_RESERVATION_ADDR", d.reservation_addr),
+            availability_addr=read.address("SLOTLOCK_AVAILABILITY_ADDR", d.availability_addr),
+            rpc_timeout_s=read.number(
+                "SLOTLOCK_GATEWAY_RPC_TIMEOUT_S", d.rpc_timeout_s, positive=True
+            ),
+            log_level=read.log_level("SLOTLOCK_LOG_LEVEL", d.log_level),
+            max_seats_per_hold=read_max_seats_per_hold(read),
         )
-
-
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{name} must be a port number (0-65535), not {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, not {value}")
-    return value
-
-
-def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
-    value = (env.get(name) or default).strip().upper()
-    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        raise ValueError(f"{name} must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
-    return value

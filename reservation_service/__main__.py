@@ -9,19 +9,14 @@ holds, every expirer shares due holds through SKIP LOCKED, and one relay at a ti
 from __future__ import annotations
 
 import os
-import sys
 
 from reservation_service.server import run_one, run_workers
 from reservation_service.settings import Settings
-from slotlock.errors import SlotlockError
+from slotlock import settings as slotlock_settings
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env(os.environ)
-    except SlotlockError as error:
-        print(f"slotlock-reservation: {error.message}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = slotlock_settings.load("slotlock-reservation", Settings.from_env, os.environ)
     if settings.workers > 1:
         raise SystemExit(run_workers(settings))
     run_one(settings)

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from slotlock.errors import InvalidRequest
 from slotlock.feed import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Feed
-
-log = logging.getLogger(__name__)
+from slotlock.settings import (
+    NATS_SCHEMES,
+    POSTGRES_SCHEMES,
+    Reader,
+    SettingsError,
+    read_max_seats_per_hold,
+)
 
 INSECURE_DEV_SECRET = "slotlock-insecure-dev-secret"
 
@@ -46,57 +49,41 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Raises ``InvalidRequest`` with a one-line reason for a bad value."""
+        """Raises ``SettingsError`` with a one-line reason for a bad value."""
         d = cls()
-
-        def text(name: str, default: str) -> str:
-            return env.get(name, "").strip() or default
-
-        def number(name: str, default: float, low: float, high: float) -> float:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise InvalidRequest(f"{name}={raw!r} is not a number") from None
-            if not low <= value <= high:
-                raise InvalidRequest(f"{name}={raw} must be between {low:g} and {high:g}")
-            return value
-
-        def flag(name: str, default: bool) -> bool:
-            raw = env.get(name, "").strip().lower()
-            if not raw:
-                return default
-            if raw in ("1", "true", "yes", "on"):
-                return True
-            if raw in ("0", "false", "no", "off"):
-                return False
-            raise InvalidRequest(f"{name}={raw!r} must be true or false")
-
+        read = Reader(env)
         return cls(
-            database_url=text("SLOTLOCK_DATABASE_URL", d.database_url),
-            nats_url=text("SLOTLOCK_NATS_URL", d.nats_url),
-            host=text("SLOTLOCK_RESERVATION_HOST", d.host),
-            port=int(number("SLOTLOCK_RESERVATION_PORT", d.port, 0, 65535)),
-            hold_ttl_s=number("SLOTLOCK_HOLD_TTL_S", d.hold_ttl_s, 0.1, 86400),
-            max_seats_per_hold=int(
-                number("SLOTLOCK_MAX_SEATS_PER_HOLD", d.max_seats_per_hold, 1, 10000)
+            database_url=read.url(
+                "SLOTLOCK_DATABASE_URL", d.database_url, schemes=POSTGRES_SCHEMES
             ),
-            hold_token_secret=text("SLOTLOCK_HOLD_TOKEN_SECRET", d.hold_token_secret),
-            db_pool_size=int(number("SLOTLOCK_DB_POOL_SIZE", d.db_pool_size, 2, 200)),
-            max_batch=int(number("SLOTLOCK_MAX_BATCH", d.max_batch, 1, 10000)),
-            expiry_recheck_s=number("SLOTLOCK_EXPIRY_RECHECK_S", d.expiry_recheck_s, 0.05, 60),
-            stream=text("SLOTLOCK_STREAM", d.stream),
-            subject_prefix=text("SLOTLOCK_SUBJECT_PREFIX", d.subject_prefix),
-            notify_other_replicas=flag("SLOTLOCK_NOTIFY_OTHER_REPLICAS", d.notify_other_replicas),
-            run_relay=flag("SLOTLOCK_RUN_RELAY", d.run_relay),
-            run_expirer=flag("SLOTLOCK_RUN_EXPIRER", d.run_expirer),
-            workers=int(number("SLOTLOCK_WORKERS", d.workers, 1, 64)),
-            log_level=text("SLOTLOCK_LOG_LEVEL", d.log_level).upper(),
+            nats_url=read.url("SLOTLOCK_NATS_URL", d.nats_url, schemes=NATS_SCHEMES),
+            host=read.text("SLOTLOCK_RESERVATION_HOST", d.host),
+            port=read.port("SLOTLOCK_RESERVATION_PORT", d.port),
+            hold_ttl_s=read.number("SLOTLOCK_HOLD_TTL_S", d.hold_ttl_s, minimum=0.1, maximum=86400),
+            max_seats_per_hold=read_max_seats_per_hold(read),
+            hold_token_secret=read.text("SLOTLOCK_HOLD_TOKEN_SECRET", d.hold_token_secret),
+            db_pool_size=read.integer(
+                "SLOTLOCK_DB_POOL_SIZE", d.db_pool_size, minimum=2, maximum=200
+            ),
+            max_batch=read.integer("SLOTLOCK_MAX_BATCH", d.max_batch, minimum=1, maximum=10000),
+            expiry_recheck_s=read.number(
+                "SLOTLOCK_EXPIRY_RECHECK_S", d.expiry_recheck_s, minimum=0.05, maximum=60
+            ),
+            stream=read.stream_name("SLOTLOCK_STREAM", d.stream),
+            subject_prefix=read.subject_prefix("SLOTLOCK_SUBJECT_PREFIX", d.subject_prefix),
+            notify_other_replicas=read.flag(
+                "SLOTLOCK_NOTIFY_OTHER_REPLICAS", d.notify_other_replicas
+            ),
+            run_relay=read.flag("SLOTLOCK_RUN_RELAY", d.run_relay),
+            run_expirer=read.flag("SLOTLOCK_RUN_EXPIRER", d.run_expirer),
+            workers=read.integer("SLOTLOCK_WORKERS", d.workers, minimum=1, maximum=64),
+            log_level=read.log_level("SLOTLOCK_LOG_LEVEL", d.log_level),
         ).checked()
 
     def checked(self) -> Settings:
         if self.workers > 1 and self.port == 0:
-            raise InvalidRequest("SLOTLOCK_WORKERS > 1 needs a fixed SLOTLOCK_RESERVATION_PORT")
+            raise SettingsError(
+                "SLOTLOCK_WORKERS must be 1 when SLOTLOCK_RESERVATION_PORT is 0, "
+                f"not {str(self.workers)!r} (the workers share one fixed port)"
+            )
         return self

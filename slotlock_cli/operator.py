@@ -8,34 +8,28 @@ non-zero exit code, never a traceback: 2 for bad arguments, 1 for everything els
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf import timestamp_pb2
 
+from slotlock import client
 from slotlock.labels import short_name
-from slotlock.v1 import (
-    availability_pb2,
-    availability_pb2_grpc,
-    catalog_pb2,
-    reservation_pb2,
-    reservation_pb2_grpc,
-)
+from slotlock.v1 import availability_pb2, catalog_pb2, reservation_pb2
+
+if TYPE_CHECKING:
+    from slotlock.v1.reservation_pb2_grpc import ReservationServiceAsyncStub
 
 DEFAULT_RESERVATION_ADDR = "127.0.0.1:50051"
 DEFAULT_AVAILABILITY_ADDR = "127.0.0.1:50052"
-TICKET_TYPES = {
-    "dinner": catalog_pb2.TICKET_TYPE_DINNER,
-    "experience-only": catalog_pb2.TICKET_TYPE_EXPERIENCE_ONLY,
-}
 BADGE_COLOURS = {
     "AVAILABLE": "32",  # green
     "FEW_LEFT": "33",  # amber
@@ -44,12 +38,6 @@ BADGE_COLOURS = {
 }
 ORANGE = "38;5;208"
 PAGE_SIZE = 500
-# `watch` should see a restarted service within a second or two, not gRPC's default two minutes.
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -159,7 +147,7 @@ def register(subparsers: Any) -> None:
         default="auto",
         help="colour the badges (default: auto, i.e. on a terminal unless $NO_COLOR is set)",
     )
-    watch.set_defaults(handler=_guarded(run_watch))
+    watch.set_defaults(handler=_guarded(run_watch, "availability"))
 
     events = add(
         "events",
@@ -170,7 +158,7 @@ def register(subparsers: Any) -> None:
     events.add_argument("--from-date", default="", metavar="YYYY-MM-DD", help="first date shown")
     events.add_argument("--to-date", default="", metavar="YYYY-MM-DD", help="last date shown")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
-    events.set_defaults(handler=_guarded(run_events))
+    events.set_defaults(handler=_guarded(run_events, "reservation"))
 
     hold = add(
         "hold",
@@ -184,7 +172,7 @@ def register(subparsers: Any) -> None:
     )
     hold.add_argument(
         "--ticket-type",
-        choices=tuple(TICKET_TYPES),
+        choices=tuple(client.TICKET_TYPES),
         default="dinner",
         help="ticket type (default: %(default)s)",
     )
@@ -193,7 +181,7 @@ def register(subparsers: Any) -> None:
         "--idempotency-key", default="", help="retry-safe key (default: a new one per call)"
     )
     hold.add_argument("--json", action="store_true", help="print the result as JSON")
-    hold.set_defaults(handler=_guarded(run_hold))
+    hold.set_defaults(handler=_guarded(run_hold, "reservation"))
 
     confirm = add(
         "confirm",
@@ -206,7 +194,7 @@ def register(subparsers: Any) -> None:
         "--payment-reference", default="", help="the payment's reference (default: generated)"
     )
     confirm.add_argument("--json", action="store_true", help="print the result as JSON")
-    confirm.set_defaults(handler=_guarded(run_confirm))
+    confirm.set_defaults(handler=_guarded(run_confirm, "reservation"))
 
     release = add(
         "release",
@@ -216,20 +204,30 @@ def register(subparsers: Any) -> None:
     release.add_argument("reservation", metavar="RES_ID", help="the reservation id")
     release.add_argument("--token", required=True, help="the hold token `slotlock hold` printed")
     release.add_argument("--json", action="store_true", help="print the result as JSON")
-    release.set_defaults(handler=_guarded(run_release))
+    release.set_defaults(handler=_guarded(run_release, "reservation"))
 
 
-def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Failures become one line on stderr; Ctrl-C exits quietly."""
+Command = Callable[[argparse.Namespace, client.Services], Awaitable[int]]
+
+
+def _guarded(run: Command, service: str) -> Callable[[argparse.Namespace], int]:
+    """Run the command with both services' stubs; failures become one line on stderr (naming
+    ``service``, the one the command talks to, and its address); Ctrl-C exits quietly."""
+
+    async def with_services(args: argparse.Namespace) -> int:
+        async with client.Services(args.reservation_addr, args.availability_addr) as services:
+            return await run(args, services)
 
     def handler(args: argparse.Namespace) -> int:
         prog = f"slotlock {args.command}"
         try:
-            return run(args)
+            return asyncio.run(with_services(args))
         except CommandError as error:
             print(f"{prog}: {error}", file=sys.stderr)
         except grpc.RpcError as error:
-            print(f"{prog}: {describe_rpc_error(error, args)}", file=sys.stderr)
+            address = args.reservation_addr if service == "reservation" else args.availability_addr
+            reason = client.describe_error(error, service, address=address, timeout_s=args.timeout)
+            print(f"{prog}: {reason}", file=sys.stderr)
         except KeyboardInterrupt:
             return 130
         except Exception as error:  # the promise is one line, whatever happens
@@ -239,103 +237,19 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     return handler
 
 
-def describe_rpc_error(error: grpc.RpcError, args: argparse.Namespace) -> str:
-    code: grpc.StatusCode = error.code()
-    details = " ".join(str(error.details() or code.name).split())
-    service = getattr(error, "slotlock_service", "service")
-    address = args.reservation_addr if service == "reservation" else args.availability_addr
-    if code == grpc.StatusCode.UNAVAILABLE and _is_transport(details):
-        return f"the {service} service at {address} is not reachable (is it running?)"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"the {service} service at {address} did not answer within {args.timeout:g}s"
-    return f"{details} ({code.name.lower().replace('_', ' ')})"
-
-
-def _is_transport(details: str) -> bool:
-    lowered = details.lower()
-    markers = ("failed to connect", "connection refused", "dns resolution", "socket closed")
-    return details == "UNAVAILABLE" or any(marker in lowered for marker in markers)
-
-
-class _Services:
-    """Blocking stubs of both services; each failure is tagged with the service it came from."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.timeout: float = args.timeout
-        self._channels: dict[str, grpc.Channel] = {}
-        self._reservation_addr: str = args.reservation_addr
-        self._availability_addr: str = args.availability_addr
-
-    def reservations(self) -> Any:
-        channel = self._channel(self._reservation_addr)
-        return _Tagged(reservation_pb2_grpc.ReservationServiceStub(channel), "reservation")
-
-    def availability(self) -> Any:
-        channel = self._channel(self._availability_addr)
-        return _Tagged(availability_pb2_grpc.AvailabilityServiceStub(channel), "availability")
-
-    def availability_health(self) -> Any:
-        channel = self._channel(self._availability_addr)
-        return _Tagged(health_pb2_grpc.HealthStub(channel), "availability")
-
-    def _channel(self, address: str) -> grpc.Channel:
-        if address not in self._channels:
-            self._channels[address] = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        return self._channels[address]
-
-    def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-
-    def __enter__(self) -> _Services:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _Tagged:
-    """Calls the stub's method and notes which service an error came from (for the message)."""
-
-    def __init__(self, stub: Any, service: str) -> None:
-        self._stub = stub
-        self._service = service
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._stub, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except grpc.RpcError as error:
-                error.slotlock_service = self._service  # type: ignore[attr-defined]
-                raise
-
-        return call
-
-
 # ---- events, hold, confirm, release ------------------------------------------------------------
 
 
-def run_events(args: argparse.Namespace) -> int:
-    with _Services(args) as services:
-        stub = services.reservations()
-        events: list[catalog_pb2.Event] = []
-        token = ""
-        while True:
-            reply = stub.ListEvents(
-                reservation_pb2.ListEventsRequest(
-                    from_date=args.from_date,
-                    to_date=args.to_date,
-                    page_size=PAGE_SIZE,
-                    page_token=token,
-                ),
-                timeout=services.timeout,
-            )
-            events.extend(reply.events)
-            token = reply.next_page_token
-            if not token:
-                break
+async def run_events(args: argparse.Namespace, services: client.Services) -> int:
+    pages = client.paginate(
+        services.reservations.ListEvents,
+        reservation_pb2.ListEventsRequest(
+            from_date=args.from_date, to_date=args.to_date, page_size=PAGE_SIZE
+        ),
+        lambda reply: reply.events,
+        timeout=args.timeout,
+    )
+    events: list[catalog_pb2.Event] = [event async for event in pages]
     if args.json:
         for event in events:
             print(json.dumps(_event_json(event)))
@@ -353,7 +267,7 @@ def run_events(args: argparse.Namespace) -> int:
             str(e.paid),
             str(e.pending),
             str(e.available),
-            catalog_pb2.EventStatus.Name(e.status).removeprefix("EVENT_STATUS_"),
+            short_name(catalog_pb2.EventStatus, e.status, "UNSPECIFIED"),
             e.id,
         ]
         for e in events
@@ -374,12 +288,12 @@ def _event_json(e: catalog_pb2.Event) -> dict[str, Any]:
         "paid": e.paid,
         "pending": e.pending,
         "available": e.available,
-        "status": catalog_pb2.EventStatus.Name(e.status).removeprefix("EVENT_STATUS_"),
+        "status": short_name(catalog_pb2.EventStatus, e.status, "UNSPECIFIED"),
         "version": e.version,
     }
 
 
-def _resolve_event(stub: Any, ref: str, timeout: float) -> str:
+async def _resolve_event(stub: ReservationServiceAsyncStub, ref: str, timeout: float) -> str:
     """An event id from an id or a code (codes are what people type)."""
     try:
         uuid.UUID(ref)
@@ -387,22 +301,20 @@ def _resolve_event(stub: Any, ref: str, timeout: float) -> str:
         pass
     else:
         return ref
-    token = ""
-    while True:
-        reply = stub.ListEvents(
-            reservation_pb2.ListEventsRequest(page_size=PAGE_SIZE, page_token=token),
-            timeout=timeout,
-        )
-        for event in reply.events:
-            if event.code == ref:
-                event_id: str = event.id
-                return event_id
-        token = reply.next_page_token
-        if not token:
-            raise CommandError(f"no event has the id or code {ref!r} (see `slotlock events`)")
+    pages = client.paginate(
+        stub.ListEvents,
+        reservation_pb2.ListEventsRequest(page_size=PAGE_SIZE),
+        lambda reply: reply.events,
+        timeout=timeout,
+    )
+    async for event in pages:
+        if event.code == ref:
+            event_id: str = event.id
+            return event_id
+    raise CommandError(f"no event has the id or code {ref!r} (see `slotlock events`)")
 
 
-def _timestamp(ts: Any) -> str:
+def _timestamp(ts: timestamp_pb2.Timestamp) -> str:
     return str(ts.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z"))
 
 
@@ -411,26 +323,25 @@ def _reservation_json(r: catalog_pb2.Reservation) -> dict[str, Any]:
         "reservation_id": r.id,
         "event_id": r.event_id,
         "quantity": r.quantity,
-        "status": catalog_pb2.ReservationStatus.Name(r.status).removeprefix("RESERVATION_STATUS_"),
+        "status": short_name(catalog_pb2.ReservationStatus, r.status, "UNSPECIFIED"),
         "expires_at": _timestamp(r.expires_at) if r.HasField("expires_at") else None,
         "payment_reference": r.payment_reference or None,
     }
 
 
-def run_hold(args: argparse.Namespace) -> int:
-    with _Services(args) as services:
-        stub = services.reservations()
-        event_id = _resolve_event(stub, args.event, services.timeout)
-        reply = stub.CreateHold(
-            reservation_pb2.CreateHoldRequest(
-                event_id=event_id,
-                quantity=args.quantity,
-                ticket_type=TICKET_TYPES[args.ticket_type],
-                customer_ref=args.customer_ref,
-                idempotency_key=args.idempotency_key or str(uuid.uuid4()),
-            ),
-            timeout=services.timeout,
-        )
+async def run_hold(args: argparse.Namespace, services: client.Services) -> int:
+    stub = services.reservations
+    event_id = await _resolve_event(stub, args.event, args.timeout)
+    reply: reservation_pb2.CreateHoldResponse = await stub.CreateHold(
+        reservation_pb2.CreateHoldRequest(
+            event_id=event_id,
+            quantity=args.quantity,
+            ticket_type=client.TICKET_TYPES[args.ticket_type],
+            customer_ref=args.customer_ref,
+            idempotency_key=args.idempotency_key or str(uuid.uuid4()),
+        ),
+        timeout=args.timeout,
+    )
     body = {**_reservation_json(reply.reservation), "hold_token": reply.hold_token}
     if args.json:
         print(json.dumps(body))
@@ -447,28 +358,24 @@ def run_hold(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_confirm(args: argparse.Namespace) -> int:
+async def run_confirm(args: argparse.Namespace, services: client.Services) -> int:
     reference = args.payment_reference or f"CLI-{uuid.uuid4().hex[:12].upper()}"
-    with _Services(args) as services:
-        reservation = services.reservations().ConfirmHold(
-            reservation_pb2.ConfirmHoldRequest(
-                reservation_id=args.reservation,
-                hold_token=args.token,
-                payment_reference=reference,
-            ),
-            timeout=services.timeout,
-        )
+    reservation: catalog_pb2.Reservation = await services.reservations.ConfirmHold(
+        reservation_pb2.ConfirmHoldRequest(
+            reservation_id=args.reservation,
+            hold_token=args.token,
+            payment_reference=reference,
+        ),
+        timeout=args.timeout,
+    )
     return _print_reservation(reservation, args.json)
 
 
-def run_release(args: argparse.Namespace) -> int:
-    with _Services(args) as services:
-        reservation = services.reservations().ReleaseHold(
-            reservation_pb2.ReleaseHoldRequest(
-                reservation_id=args.reservation, hold_token=args.token
-            ),
-            timeout=services.timeout,
-        )
+async def run_release(args: argparse.Namespace, services: client.Services) -> int:
+    reservation: catalog_pb2.Reservation = await services.reservations.ReleaseHold(
+        reservation_pb2.ReleaseHoldRequest(reservation_id=args.reservation, hold_token=args.token),
+        timeout=args.timeout,
+    )
     return _print_reservation(reservation, args.json)
 
 
@@ -527,20 +434,6 @@ def availability_table(events: Iterable[availability_pb2.EventAvailability], col
     return format_table(headers, rows)
 
 
-def _list_availability(stub: Any, timeout: float) -> list[availability_pb2.EventAvailability]:
-    events: list[availability_pb2.EventAvailability] = []
-    token = ""
-    while True:
-        reply = stub.ListAvailability(
-            availability_pb2.ListAvailabilityRequest(page_size=PAGE_SIZE, page_token=token),
-            timeout=timeout,
-        )
-        events.extend(reply.events)
-        token = reply.next_page_token
-        if not token:
-            return events
-
-
 class _Screen:
     """Redraws the table in place on a terminal; elsewhere prints one line per change."""
 
@@ -579,84 +472,66 @@ def _change_line(e: availability_pb2.EventAvailability) -> str:
     )
 
 
-def run_watch(args: argparse.Namespace) -> int:
+async def run_watch(args: argparse.Namespace, services: client.Services) -> int:
     colour = args.color == "always" or (
         args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     )
     wanted = set(args.event)
-    with _Services(args) as services:
-        stub = services.availability()
-        snapshot = [
-            e
-            for e in _list_availability(stub, services.timeout)
-            if not wanted or e.event_id in wanted
-        ]
-        if args.once:
-            print(availability_table(snapshot, colour))
-            return 0
-        events = {e.event_id: e for e in snapshot}
-        screen = _Screen(sys.stdout, colour, args.availability_addr)
+    pages = client.paginate(
+        services.availability.ListAvailability,
+        availability_pb2.ListAvailabilityRequest(page_size=PAGE_SIZE),
+        lambda reply: reply.events,
+        timeout=args.timeout,
+    )
+    snapshot = [e async for e in pages if not wanted or e.event_id in wanted]
+    if args.once:
+        print(availability_table(snapshot, colour))
+        return 0
+    events = {e.event_id: e for e in snapshot}
+    screen = _Screen(sys.stdout, colour, args.availability_addr)
+    if screen.tty:
+        sys.stdout.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear once
+    else:
+        print(availability_table(snapshot, colour=False), flush=True)
+    try:
+        await _follow(services, events, wanted, screen, args.timeout)
+    finally:
         if screen.tty:
-            sys.stdout.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear once
-        else:
-            print(availability_table(snapshot, colour=False), flush=True)
-        try:
-            _follow(stub, services.availability_health(), events, wanted, screen)
-        finally:
-            if screen.tty:
-                sys.stdout.write("\x1b[?25h\n")
-                sys.stdout.flush()
+            sys.stdout.write("\x1b[?25h\n")
+            sys.stdout.flush()
     return 0
 
 
-def _follow(
-    stub: Any,
-    health: Any,
+async def _follow(
+    services: client.Services,
     events: dict[str, availability_pb2.EventAvailability],
     wanted: set[str],
     screen: _Screen,
-) -> NoReturn:
-    """Follow WatchAvailability forever; when the service goes away, retry with backoff and
-    resume from the versions already shown."""
-    delay = 0.2
-    screen.draw(events, None)
-    while True:
-        request = availability_pb2.WatchAvailabilityRequest(
-            event_ids=sorted(wanted),
-            known_versions={event_id: e.version for event_id, e in events.items()},
-        )
-        try:
-            if screen.status != "live":
-                # A resumed watch says nothing until something changes: ask whether it is ready.
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-                if reply.status != health_pb2.HealthCheckResponse.SERVING:
-                    raise _NotServing
-                screen.status = "live"
-                delay = 0.2
-                screen.draw(events, None)
-                if not screen.tty:
-                    print("# live again", file=sys.stderr, flush=True)
-            for update in stub.WatchAvailability(request):
-                known = events.get(update.event_id)
-                if known is not None and known.version >= update.version:
-                    continue
-                events[update.event_id] = update
-                screen.draw(events, update)
-            reason = "stream closed by the service"
-        except grpc.RpcError as error:
-            code = error.code()
-            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                raise
-            reason = "service unreachable"
-        except _NotServing:
-            reason = "service starting"
-        if screen.status == "live" and not screen.tty:
-            print(f"# reconnecting ({reason})", file=sys.stderr, flush=True)
-        screen.status = f"reconnecting ({reason})"
+    timeout: float,
+) -> None:
+    """Follow WatchAvailability until Ctrl-C; the client's watch reconnects with backoff and
+    resumes from the versions already shown. Off a terminal, the feed's ups and downs are
+    reported on stderr as ``#`` lines, apart from the change lines on stdout."""
+
+    def on_status(live: bool, reason: str) -> None:
+        was_live = screen.status == "live"
+        if live and was_live:
+            return
+        screen.status = "live" if live else f"reconnecting ({reason})"
+        if not screen.tty and live != was_live:
+            note = "# live again" if live else f"# reconnecting ({reason})"
+            print(note, file=sys.stderr, flush=True)
         screen.draw(events, None)
-        time.sleep(delay)
-        delay = min(delay * 2, 5.0)
 
-
-class _NotServing(Exception):
-    """The availability service answers but is still rebuilding its view."""
+    watch = client.AvailabilityWatch(
+        services.availability,
+        services.availability_health,
+        event_ids=sorted(wanted),
+        known_versions={event_id: e.version for event_id, e in events.items()},
+        check_timeout_s=timeout,
+        on_status=on_status,
+    )
+    screen.draw(events, None)
+    async for update in watch:
+        events[update.event_id] = update
+        screen.draw(events, update)

@@ -1,5 +1,6 @@
-"""`slotlock` operator commands as a person runs them (a real subprocess): bad arguments and an
-unreachable service give one readable line on stderr and a non-zero exit, never a traceback."""
+"""`slotlock` operator commands as a person runs them (a real subprocess, so not a unit test): bad
+arguments and an unreachable service give one readable line on stderr and a non-zero exit, never a
+traceback. Needs no Postgres or NATS."""
 
 from __future__ import annotations
 

@@ -1,0 +1,246 @@
+"""The one reader of ``SLOTLOCK_*`` environment variables, shared by the three services.
+
+Each service keeps its own frozen ``Settings`` dataclass (built directly by tests) and a
+``from_env`` that reads every field through a ``Reader``: casts, bounds and defaults live here, so
+a bad value reads the same everywhere: ``SLOTLOCK_X must be <what>, not '<value>'``, raised as
+``SettingsError``. An empty value means "use the default", as an unset one does, because
+environment files and compose files often leave a line with nothing after the ``=``.
+
+Misspelled names: ``unknown_variables`` reports every ``SLOTLOCK_*`` name in the environment that
+no slotlock program reads, with the closest known name. It is a warning, not an error: the three
+services (and the gateway, the CLI and the test suite) may share one environment file, and a file
+written for a newer release must not stop an older replica from starting during a rolling
+upgrade. Each ``__main__`` prints the warnings on stderr before it starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import TextIO, TypeVar
+
+PREFIX = "SLOTLOCK_"
+
+# Every SLOTLOCK_* variable any slotlock program reads, and who reads it. A unit test checks that
+# each service's from_env reads nothing missing here.
+KNOWN_VARIABLES: Mapping[str, str] = {
+    "SLOTLOCK_DATABASE_URL": "reservation",
+    "SLOTLOCK_NATS_URL": "reservation, availability",
+    "SLOTLOCK_STREAM": "reservation, availability",
+    "SLOTLOCK_SUBJECT_PREFIX": "reservation, availability",
+    "SLOTLOCK_LOG_LEVEL": "reservation, availability, gateway",
+    "SLOTLOCK_RESERVATION_HOST": "reservation",
+    "SLOTLOCK_RESERVATION_PORT": "reservation",
+    "SLOTLOCK_HOLD_TTL_S": "reservation",
+    "SLOTLOCK_MAX_SEATS_PER_HOLD": "reservation, gateway (the page's seat picker)",
+    "SLOTLOCK_HOLD_TOKEN_SECRET": "reservation",
+    "SLOTLOCK_DB_POOL_SIZE": "reservation",
+    "SLOTLOCK_MAX_BATCH": "reservation",
+    "SLOTLOCK_EXPIRY_RECHECK_S": "reservation",
+    "SLOTLOCK_NOTIFY_OTHER_REPLICAS": "reservation",
+    "SLOTLOCK_RUN_RELAY": "reservation",
+    "SLOTLOCK_RUN_EXPIRER": "reservation",
+    "SLOTLOCK_WORKERS": "reservation",
+    "SLOTLOCK_AVAILABILITY_HOST": "availability",
+    "SLOTLOCK_AVAILABILITY_PORT": "availability",
+    "SLOTLOCK_BADGE_FEW_LEFT": "availability",
+    "SLOTLOCK_BADGE_SHARE": "availability",
+    "SLOTLOCK_MAX_WATCHERS": "availability",
+    "SLOTLOCK_GATEWAY_HOST": "gateway",
+    "SLOTLOCK_GATEWAY_PORT": "gateway",
+    "SLOTLOCK_GATEWAY_RPC_TIMEOUT_S": "gateway",
+    "SLOTLOCK_RESERVATION_ADDR": "gateway, slotlock CLI",
+    "SLOTLOCK_AVAILABILITY_ADDR": "gateway, slotlock CLI",
+    "SLOTLOCK_TEST_DATABASE_URL": "test suite (scripts/test)",
+    "SLOTLOCK_TEST_NATS_URL": "test suite (scripts/test)",
+}
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value slotlock cannot use; the message is one line that
+    names the variable, says what it must be and shows what it was."""
+
+
+def _fail(name: str, must_be: str, raw: str) -> SettingsError:
+    return SettingsError(f"{name} must be {must_be}, not {raw!r}")
+
+
+class Reader:
+    """Typed reads of one environment mapping. Every method takes the variable's name and its
+    default (returned when the variable is unset or empty) and raises ``SettingsError``."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.names_read: set[str] = set()
+
+    def raw(self, name: str) -> str | None:
+        """The stripped value, or None when unset or empty."""
+        self.names_read.add(name)
+        value = self._env.get(name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def integer(
+        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        """A whole number: ``50051.9`` is refused, never truncated."""
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        if not _INTEGER.fullmatch(raw):
+            raise _fail(name, "an integer", raw)
+        value = int(raw)
+        _check_range(name, raw, value, minimum, maximum)
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        """A TCP port; 0 asks the system for a free one."""
+        return self.integer(name, default, minimum=0, maximum=65535)
+
+    def number(
+        self,
+        name: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        positive: bool = False,
+    ) -> float:
+        """A finite number (``nan`` and ``inf`` are refused); ``positive`` excludes 0."""
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise _fail(name, "a number", raw) from None
+        if not math.isfinite(value):
+            raise _fail(name, "a finite number", raw)
+        if positive and value <= 0:
+            raise _fail(name, "greater than 0", raw)
+        _check_range(name, raw, value, minimum, maximum)
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise _fail(name, "true or false (or 1/0, yes/no, on/off)", raw)
+
+    def log_level(self, name: str, default: str) -> str:
+        """A ``logging`` level name, upper-cased (``debug`` is fine, ``loud`` is not)."""
+        raw = self.raw(name) or default
+        if raw.upper() not in LOG_LEVELS:
+            raise _fail(name, "one of " + ", ".join(LOG_LEVELS), raw)
+        return raw.upper()
+
+    def url(self, name: str, default: str, *, schemes: Iterable[str]) -> str:
+        """A URL whose scheme is one of ``schemes`` and which names a host."""
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        allowed = tuple(schemes)
+        scheme, sep, rest = raw.partition("://")
+        if not sep or scheme.lower() not in allowed or not rest.strip("/"):
+            listed = " or ".join(f"{s}://" for s in allowed)
+            raise _fail(name, f"a {listed} URL", raw)
+        return raw
+
+    def address(self, name: str, default: str) -> str:
+        """``HOST:PORT`` of a gRPC service."""
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        host, sep, port = raw.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _fail(name, "HOST:PORT", raw)
+        return raw
+
+    def stream_name(self, name: str, default: str) -> str:
+        """A JetStream stream name (no spaces, dots or wildcards)."""
+        value = self.text(name, default)
+        if any(c in value for c in " .*>"):
+            raise _fail(name, "a stream name without spaces, '.', '*' or '>'", value)
+        return value
+
+    def subject_prefix(self, name: str, default: str) -> str:
+        """A NATS subject prefix such as ``slotlock.event`` (no wildcards, no edge dots)."""
+        value = self.text(name, default)
+        if any(c in value for c in " *>") or value.startswith(".") or value.endswith("."):
+            raise _fail(
+                name, "a subject prefix like 'slotlock.event' (no spaces or wildcards)", value
+            )
+        return value
+
+
+def read_max_seats_per_hold(read: Reader) -> int:
+    """Read by the reservation service, which enforces it, and by the gateway, which tells the
+    page (its seat picker stops there): one definition so the two cannot disagree."""
+    return read.integer("SLOTLOCK_MAX_SEATS_PER_HOLD", 10, minimum=1, maximum=10000)
+
+
+def _check_range(
+    name: str, raw: str, value: float, minimum: float | None, maximum: float | None
+) -> None:
+    if minimum is not None and maximum is not None:
+        if not minimum <= value <= maximum:
+            raise _fail(name, f"between {minimum:g} and {maximum:g}", raw)
+    elif minimum is not None and value < minimum:
+        raise _fail(name, f"at least {minimum:g}", raw)
+    elif maximum is not None and value > maximum:
+        raise _fail(name, f"at most {maximum:g}", raw)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning line per ``SLOTLOCK_*`` name in ``env`` that no slotlock program reads,
+    naming the closest known name when there is one (a typo, most likely)."""
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(PREFIX) or name in KNOWN_VARIABLES:
+            continue
+        # Compare what follows the prefix: the shared prefix would make every name look close.
+        suffixes = [known.removeprefix(PREFIX) for known in KNOWN_VARIABLES]
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), suffixes, n=1, cutoff=0.6)
+        hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
+        warnings.append(f"{name} is not a slotlock setting and is ignored{hint}")
+    return warnings
+
+
+SettingsT = TypeVar("SettingsT")
+
+
+def load(
+    prog: str,
+    read: Callable[[Mapping[str, str]], SettingsT],
+    env: Mapping[str, str],
+    *,
+    stderr: TextIO | None = None,
+) -> SettingsT:
+    """What every ``__main__`` does with its environment: warn about unknown ``SLOTLOCK_*``
+    names, then read the settings once; a bad value prints ``prog: <reason>`` as one line and
+    exits with status 2 (no traceback: the operator needs the variable, not our stack)."""
+    out = stderr or sys.stderr
+    for warning in unknown_variables(env):
+        print(f"{prog}: warning: {warning}", file=out)
+    try:
+        return read(env)
+    except SettingsError as error:
+        print(f"{prog}: {error}", file=out)
+        raise SystemExit(2) from None
