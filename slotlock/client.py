@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol, Self, TypeVar, cast
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from slotlock import conflation
 from slotlock.labels import short_name
 from slotlock.v1 import availability_pb2, availability_pb2_grpc, catalog_pb2, reservation_pb2_grpc
 
@@ -284,8 +285,8 @@ class AvailabilityWatch:
     Each (re)connection first asks the health service whether the feed is ready (the watch says
     nothing until something changes, so it cannot tell), then opens the watch with
     ``known_versions``, so the service sends only what changed meanwhile. Only updates strictly
-    newer than the version held are yielded: the same rule as
-    ``availability_service.projection.apply_change``. ``on_status(live, reason)`` reports
+    newer than the version held are yielded (``slotlock.conflation.is_newer``, the rule the
+    projection and the gateway's fan-out use too). ``on_status(live, reason)`` reports
     ``(True, "live")`` once a watch is open and ``(False, reason)`` after each failure, ``reason``
     being a readable clause. Status codes outside ``retry_codes`` end the iteration with the
     error; ``retry_codes=None`` retries every status (a gateway must never stop its feed)."""
@@ -316,10 +317,6 @@ class AvailabilityWatch:
     def __aiter__(self) -> AsyncIterator[availability_pb2.EventAvailability]:
         return self._run()
 
-    def is_newer(self, update: availability_pb2.EventAvailability) -> bool:
-        known = self.known_versions.get(update.event_id)
-        return known is None or update.version > known
-
     async def _run(self) -> AsyncIterator[availability_pb2.EventAvailability]:
         attempt = 0
         while True:
@@ -334,7 +331,8 @@ class AvailabilityWatch:
                     self._on_status(True, "live")
                     async for update in call:
                         attempt = 0
-                        if self.is_newer(update):
+                        held = self.known_versions.get(update.event_id)
+                        if conflation.is_newer(update.version, held):
                             self.known_versions[update.event_id] = update.version
                             yield update
                 finally:

@@ -12,7 +12,8 @@ const BADGE_HINTS = {
   ALMOST_FULL: "Almost full and someone is paying right now",
   FEW_LEFT: "Only a few seats left",
 };
-const MAX_SEATS_PER_HOLD = 10;
+// The reservation service's limit, from /api/events (rules.js seatLimit copes with null).
+let maxSeatsPerHold = null;
 
 const state = {
   events: new Map(), // event_id -> latest availability (newest version wins)
@@ -96,7 +97,7 @@ function sortKey(ev) {
 
 function applyEvent(ev) {
   const known = state.events.get(ev.event_id);
-  if (known && known.version > ev.version) return; // versions never go back
+  if (!isNewer(known, ev)) return; // versions never go back (rules.js)
   state.events.set(ev.event_id, ev);
   if (!isListed(ev)) {
     const card = state.cards.get(ev.event_id);
@@ -192,7 +193,7 @@ function renderCard(card, ev) {
   hint.hidden = !hint.textContent;
 
   const quantity = part(card, "quantity-input");
-  quantity.max = String(Math.max(1, Math.min(MAX_SEATS_PER_HOLD, ev.available)));
+  quantity.max = String(seatLimit(ev.available, maxSeatsPerHold));
   const soldOut = ev.available <= 0 || ev.badge === "SOLD_OUT" || ev.status === "SOLD_OUT";
   const book = part(card, "book-button");
   book.disabled = soldOut;
@@ -356,6 +357,10 @@ async function loadEvents() {
       loadError = (data && data.error) || `Could not load the shows (HTTP ${response.status}).`;
     } else {
       loadError = "";
+      if (Number.isInteger(data.max_seats_per_hold) && data.max_seats_per_hold !== maxSeatsPerHold) {
+        maxSeatsPerHold = data.max_seats_per_hold;
+        for (const [eventId, card] of state.cards) renderCard(card, state.events.get(eventId));
+      }
       for (const ev of data.events) applyEvent(ev);
       els.empty.hidden = state.cards.size > 0;
     }

@@ -4,10 +4,13 @@ event, never a queue), version ordering, request parsing and settings."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
+from starlette.requests import Request
 
 from gateway import payloads
+from gateway.app import Gateway
 from gateway.fanout import AvailabilityFanout, Watcher, sse_frame
 from gateway.settings import Settings
 from slotlock.v1 import availability_pb2, catalog_pb2
@@ -111,3 +114,35 @@ def test_settings_from_env() -> None:
     assert (custom.port, custom.reservation_addr) == (9000, "res:1")
     with pytest.raises(ValueError, match="SLOTLOCK_GATEWAY_PORT must be an integer, not 'http'"):
         Settings.from_env({"SLOTLOCK_GATEWAY_PORT": "http"})
+
+
+class _FakeAvailability:
+    """ListAvailability in two pages, as the service pages a long listing."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    async def ListAvailability(
+        self, request: availability_pb2.ListAvailabilityRequest, *, timeout: float | None = None
+    ) -> availability_pb2.ListAvailabilityResponse:
+        self.tokens.append(request.page_token)
+        if not request.page_token:
+            return availability_pb2.ListAvailabilityResponse(
+                events=[availability("a", 1)], next_page_token="p2"
+            )
+        return availability_pb2.ListAvailabilityResponse(events=[availability("b", 1)])
+
+
+async def test_the_listing_tells_the_page_the_seat_limit_per_hold() -> None:
+    """The page used to hard-code 10 seats per hold; now it reads the service's limit
+    (SLOTLOCK_MAX_SEATS_PER_HOLD, which the gateway reads too) from /api/events."""
+    gateway = Gateway(Settings.from_env({"SLOTLOCK_MAX_SEATS_PER_HOLD": "4"}))
+    fake = _FakeAvailability()
+    gateway.services = SimpleNamespace(availability=fake)  # type: ignore[assignment]
+    gateway.fanout = AvailabilityFanout(stub=None, health=None, settings=gateway.settings)
+    request = Request({"type": "http", "method": "GET", "path": "/api/events", "headers": []})
+    response = await gateway.list_events(request)
+    body = json.loads(bytes(response.body))
+    assert body["max_seats_per_hold"] == 4
+    assert [ev["event_id"] for ev in body["events"]] == ["a", "b"]
+    assert fake.tokens == ["", "p2"]
