@@ -8,13 +8,12 @@ the same object is handed to every watcher.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from slotlock import errors
-from slotlock.conflation import Mailbox
+from slotlock.conflation import Mailbox, is_newer
 
 M = TypeVar("M")
 
@@ -34,17 +33,13 @@ class Update(Generic[M]):
     payload: bytes = b""
 
 
-_version_of = operator.attrgetter("version")
-
-
 class Watcher(Mailbox[str, Update[M]]):
-    """One watch stream's mailbox: the latest update per event plus a wake-up. A slot never goes
-    back to an older version (``slotlock.conflation.is_newer``)."""
+    """One watch stream's mailbox: the latest update per event plus a wake-up."""
 
     __slots__ = ("event_ids",)
 
     def __init__(self, event_ids: frozenset[str] | None) -> None:
-        super().__init__(version_of=_version_of)
+        super().__init__()
         self.event_ids = event_ids  # None = every event
 
     async def next_batch(self, timeout: float | None = None) -> list[Update[M]]:
@@ -57,12 +52,17 @@ class Watcher(Mailbox[str, Update[M]]):
 
 
 class WatcherHub(Generic[M]):
-    """Routes each update to the watchers of its event, in O(watchers of that event)."""
+    """Routes each update to the watchers of its event, in O(watchers of that event).
+
+    Versions never go backwards on a stream: the hub remembers the newest version it has handed
+    out per event and drops anything not newer (``slotlock.conflation.is_newer``), once per
+    update rather than once per watcher."""
 
     def __init__(self, max_watchers: int) -> None:
         self.max_watchers = max_watchers
         self._all: set[Watcher[M]] = set()
         self._by_event: dict[str, set[Watcher[M]]] = {}
+        self._versions: dict[str, int] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -81,6 +81,7 @@ class WatcherHub(Generic[M]):
         ids = None if event_ids is None else frozenset(event_ids)
         watcher: Watcher[M] = Watcher(ids)
         for update in initial:
+            self._note_version(update)
             watcher.offer(update.event_id, update)
         if ids is None:
             self._all.add(watcher)
@@ -109,14 +110,25 @@ class WatcherHub(Generic[M]):
         if removed:
             self._count -= 1
 
-    def publish(self, update: Update[M]) -> None:
-        """Hand ``update`` to every interested watcher. Never awaits, never blocks."""
+    def publish(self, update: Update[M]) -> bool:
+        """Hand ``update`` to every interested watcher; False (and nobody gets it) when it is not
+        newer than what was handed out. Never awaits, never blocks."""
+        if not self._note_version(update):
+            return False
+        event_id = update.event_id
         for watcher in self._all:
-            watcher.offer(update.event_id, update)
-        group = self._by_event.get(update.event_id)
+            watcher.offer(event_id, update)
+        group = self._by_event.get(event_id)
         if group:
             for watcher in group:
-                watcher.offer(update.event_id, update)
+                watcher.offer(event_id, update)
+        return True
+
+    def _note_version(self, update: Update[M]) -> bool:
+        if not is_newer(update.version, self._versions.get(update.event_id)):
+            return False
+        self._versions[update.event_id] = update.version
+        return True
 
     def close_all(self) -> None:
         for watcher in list(self._all):

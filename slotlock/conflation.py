@@ -13,7 +13,7 @@ message (same or lower version) is ignored, which is what makes every consumer i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -29,30 +29,24 @@ def is_newer(incoming: int, held: int | None) -> bool:
 class Mailbox(Generic[K, V]):
     """The latest value per key plus a wake-up, for one reader.
 
-    Given ``version_of``, a value older than or as old as the one waiting under its key is
-    ignored (``is_newer``), so a slot never goes backwards. Without it the newest offer wins:
-    the writer has already applied the rule (the gateway keeps its own latest-version table).
-    Values come out in the order their keys were first offered since the last take.
+    The newest offer wins. Versions are checked once per update by the writer, before it offers
+    to every mailbox (``is_newer`` against the writer's own table), not once per mailbox: with
+    thousands of readers that check would cost more than the offer itself. Values come out in the
+    order their keys were first offered since the last take.
     """
 
-    __slots__ = ("_closed", "_slots", "_version_of", "_wake")
+    __slots__ = ("_closed", "_slots", "_wake")
 
-    def __init__(self, version_of: Callable[[V], int] | None = None) -> None:
+    def __init__(self) -> None:
         self._slots: dict[K, V] = {}
         self._wake = asyncio.Event()
         self._closed = False
-        self._version_of = version_of
 
-    def offer(self, key: K, value: V) -> bool:
-        """Put ``value`` in the slot of ``key``; False if it was not newer than what waits."""
-        version_of = self._version_of
-        if version_of is not None:
-            held = self._slots.get(key)
-            if held is not None and not is_newer(version_of(value), version_of(held)):
-                return False
+    def offer(self, key: K, value: V) -> None:
+        """Put ``value`` in the slot of ``key``, replacing what waited there, and wake the
+        reader. Never blocks, never awaits."""
         self._slots[key] = value
         self._wake.set()
-        return True
 
     @property
     def backlog(self) -> int:

@@ -39,18 +39,7 @@ async def test_only_the_latest_value_per_key_waits() -> None:
     assert mailbox.backlog == 0 and mailbox.take() == []
 
 
-async def test_with_versions_a_slot_never_goes_back() -> None:
-    mailbox: Mailbox[str, tuple[str, int]] = Mailbox(version_of=lambda value: value[1])
-    assert mailbox.offer("a", ("first", 5))
-    assert not mailbox.offer("a", ("older", 4))
-    assert not mailbox.offer("a", ("same", 5))
-    assert mailbox.offer("a", ("newer", 6))
-    assert mailbox.take() == [("newer", 6)]
-    # Once taken, the slot is empty: what the reader already has is the writer's business.
-    assert mailbox.offer("a", ("after a take", 1))
-
-
-async def test_without_versions_the_last_offer_wins() -> None:
+async def test_the_last_offer_wins() -> None:
     mailbox: Mailbox[str, str] = Mailbox()
     mailbox.offer("status", "live")
     mailbox.offer("status", "paused")

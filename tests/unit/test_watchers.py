@@ -45,6 +45,18 @@ async def test_versions_never_go_backwards_in_a_slot() -> None:
     assert [u.version for u in await watcher.next_batch()] == [5]
 
 
+async def test_a_stale_update_never_follows_a_newer_one_already_taken() -> None:
+    hub: WatcherHub[str] = WatcherHub(max_watchers=10)
+    watcher = hub.register(None)
+    assert hub.publish(update("a", 3))
+    assert [u.version for u in await watcher.next_batch()] == [3]
+    assert not hub.publish(update("a", 2))  # a re-delivery from before a resync
+    assert not hub.publish(update("a", 3))
+    assert watcher.backlog == 0
+    assert hub.publish(update("a", 4))
+    assert [u.version for u in await watcher.next_batch()] == [4]
+
+
 async def test_routing_by_event_id() -> None:
     hub: WatcherHub[str] = WatcherHub(max_watchers=10)
     only_a = hub.register(["a"])
