@@ -1,10 +1,11 @@
 """One WatchAvailability stream per gateway process, fanned out to every browser.
 
 The gateway keeps the latest Server-Sent Events frame of each event (serialized once, shared by all
-browsers) and each browser gets a small "latest per event" slot map plus a wake-up signal. A slow
-browser therefore only ever receives the newest state of each event (conflation); memory per browser
-is bounded by the number of events, never by the number of updates, and no browser can hold up the
-feed. When the availability service goes away the watch is retried with backoff, resuming with the
+browsers) and each browser gets a ``slotlock.conflation.Mailbox`` of frames: the newest per event
+plus the newest feed status, and a wake-up. A slow browser therefore only ever receives the newest
+state of each event; memory per browser is bounded by the number of events, never by the number of
+updates, and no browser can hold up the feed. The watch itself is ``slotlock.client``'s resumable
+one: when the availability service goes away it is retried with backoff, resuming with the
 versions already seen, and browsers are told the feed is paused.
 """
 
@@ -14,15 +15,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
-
-import grpc
-from grpc_health.v1 import health_pb2
+from typing import TYPE_CHECKING, Any
 
 from gateway import payloads
 from gateway.settings import Settings
-from slotlock.grpc_errors import unwrap
+from slotlock import client
+from slotlock.conflation import Mailbox, is_newer
 from slotlock.v1 import availability_pb2
+
+if TYPE_CHECKING:  # the typed async stub exists only in the generated .pyi
+    from slotlock.v1.availability_pb2_grpc import AvailabilityServiceAsyncStub
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +39,29 @@ class TooManyWatchers(Exception):
     """The gateway already streams to as many browsers as it is configured for."""
 
 
-class Watcher:
-    """One browser's pending frames: the newest per event, plus the newest feed status."""
+class Watcher(Mailbox[str, str]):
+    """One browser's pending frames: the newest per event, plus the newest feed status. No
+    version check here: ``AvailabilityFanout.apply`` has already kept only newer states."""
 
-    def __init__(self) -> None:
-        self._slots: dict[str, str] = {}
-        self._wake = asyncio.Event()
-        self.closed = False
-
-    def offer(self, slot: str, frame: str) -> None:
-        self._slots[slot] = frame
-        self._wake.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._wake.set()
+    __slots__ = ()
 
     async def next_frames(self, idle_s: float) -> list[str]:
         """The frames waiting now (status first), or [] after ``idle_s`` s of quiet."""
-        if not self._slots and not self.closed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), idle_s)
-        self._wake.clear()
-        slots, self._slots = self._slots, {}
-        status = slots.pop(STATUS_SLOT, None)
-        return ([status] if status else []) + list(slots.values())
+        await self.wait(idle_s)
+        status = self.pop(STATUS_SLOT)
+        return ([status] if status else []) + self.take()
 
 
 class AvailabilityFanout:
     """The shared watch, its cache of the latest frame per event, and the browsers listening."""
 
     def __init__(
-        self, stub: Any, health: Any, settings: Settings, *, max_watchers: int = 10_000
+        self,
+        stub: AvailabilityServiceAsyncStub,
+        health: client.HealthService,
+        settings: Settings,
+        *,
+        max_watchers: int = 10_000,
     ) -> None:
         self._stub = stub
         self._health = health
@@ -114,7 +107,7 @@ class AvailabilityFanout:
     def apply(self, ev: availability_pb2.EventAvailability) -> bool:
         """Keep ``ev`` if it is newer than what we have, and pass it on; versions never go back."""
         known = self._latest.get(ev.event_id)
-        if known is not None and known[0] >= ev.version:
+        if not is_newer(ev.version, None if known is None else known[0]):
             return False
         frame = sse_frame("availability", payloads.availability_json(ev))
         self._latest[ev.event_id] = (ev.version, frame)
@@ -132,81 +125,30 @@ class AvailabilityFanout:
         for watcher in self._watchers:
             watcher.offer(STATUS_SLOT, self._status_frame)
 
+    def _on_watch_status(self, live: bool, reason: str) -> None:
+        self._set_status(live, "live" if live else f"live updates paused: {reason}; reconnecting")
+
     def _make_status_frame(self) -> str:
         return sse_frame("status", {"live": self.live, "message": self.message})
 
     async def _run(self) -> None:
-        delay = self._settings.watch_retry_min_s
+        backoff = client.Backoff(
+            initial_s=self._settings.watch_retry_min_s, max_s=self._settings.watch_retry_max_s
+        )
         while True:
-            call = None
+            watch = client.AvailabilityWatch(
+                self._stub,
+                self._health,
+                known_versions={event_id: v for event_id, (v, _) in self._latest.items()},
+                backoff=backoff,
+                check_timeout_s=self._settings.rpc_timeout_s,
+                retry_codes=None,  # whatever the status, the gateway must not stop its feed
+                on_status=self._on_watch_status,
+            )
             try:
-                # The watch itself says nothing until an event changes (its initial metadata comes
-                # with the first message), so ask the health service whether the feed is ready.
-                await self._check_serving()
-                request = availability_pb2.WatchAvailabilityRequest(
-                    known_versions={event_id: v for event_id, (v, _) in self._latest.items()}
-                )
-                call = self._stub.WatchAvailability(request)
-                self._set_status(True, "live")
-                async for ev in call:
+                async for ev in watch:
                     self.apply(ev)
-                    delay = self._settings.watch_retry_min_s
-                reason = "the availability service closed the stream"
-            except grpc.aio.AioRpcError as error:
-                code, message = unwrap(error)
-                log.debug("availability watch failed: %s %s", code.name, message)
-                reason = describe_unavailable("availability", code, message)
-            except NotServing as error:
-                reason = str(error)
-            except asyncio.CancelledError:
-                if call is not None:
-                    call.cancel()
-                raise
             except Exception:  # a bug here must not silently end live updates for everyone
                 log.exception("availability watch failed unexpectedly")
-                reason = "the gateway hit an unexpected error"
-                if call is not None:
-                    call.cancel()
-            self._set_status(False, f"live updates paused: {reason}; reconnecting")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._settings.watch_retry_max_s)
-
-    async def _check_serving(self) -> None:
-        reply = await self._health.Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=self._settings.rpc_timeout_s
-        )
-        if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            raise NotServing("the availability service is starting up")
-
-
-class NotServing(Exception):
-    """The availability service answers but is not ready (still rebuilding its view)."""
-
-
-# Transport-level failures whose wording means nothing to a person buying a ticket.
-_TRANSPORT_WORDS = (
-    "failed to connect",
-    "connection refused",
-    "socket closed",
-    "connection reset",
-    "broken pipe",
-    "goaway",
-    "dns resolution",
-    "connection attempt timed out",
-    "endpoint closing",
-)
-
-
-def describe_unavailable(service: str, code: grpc.StatusCode, message: str) -> str:
-    """A readable reason for a failed call: the service's own words when it gave some, else a
-    plain sentence (gRPC's transport errors are for operators, not for buyers)."""
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"the {service} service did not answer in time"
-    if code == grpc.StatusCode.UNAVAILABLE:
-        lowered = message.lower()
-        if not message or message == code.name or any(word in lowered for word in _TRANSPORT_WORDS):
-            return f"the {service} service is not reachable right now"
-        return f"the {service} service is unavailable: {message}"
-    if code == grpc.StatusCode.CANCELLED:
-        return f"the {service} service went away"
-    return f"the {service} service failed: {message}"
+                self._on_watch_status(False, "the gateway hit an unexpected error")
+                await asyncio.sleep(backoff.max_s)
