@@ -210,7 +210,8 @@ class EmbeddedNats:
 
 
 class DevStack:
-    """Postgres and NATS for one run: embedded unless URLs are given."""
+    """Postgres and NATS for one run: embedded unless URLs are given. ``postgres=False`` is NATS
+    alone (the availability side needs nothing else); ``database_url`` is then empty."""
 
     def __init__(
         self,
@@ -219,14 +220,17 @@ class DevStack:
         nats_url: str | None = None,
         root: Path | None = None,
         durable: bool = True,
+        postgres: bool = True,
     ) -> None:
         self._own_root = root is None
         self.root = root or Path(tempfile.mkdtemp(prefix="slotlock-"))
         self.postgres = (
-            None if database_url else EmbeddedPostgres(self.root / "pg", durable=durable)
+            EmbeddedPostgres(self.root / "pg", durable=durable)
+            if postgres and not database_url
+            else None
         )
         self.nats = None if nats_url else EmbeddedNats(self.root / "nats")
-        self.database_url = database_url or ""
+        self.database_url = (database_url or "") if postgres else ""
         self.nats_url = nats_url or ""
 
     def start(self) -> DevStack:

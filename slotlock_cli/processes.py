@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
@@ -32,7 +33,8 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 class ServiceProcess:
-    """``python -m <module>`` with ``env`` added to this process's environment."""
+    """``python -m <module>`` with ``env`` added to this process's environment. It can be
+    stopped and started again (same module, environment and log file, appended to)."""
 
     def __init__(
         self,
@@ -83,6 +85,24 @@ class ServiceProcess:
                         return
                 time.sleep(0.05)
         raise TimeoutError(f"{self.name} not SERVING at {address} after {timeout:.0f}s")
+
+    def wait_http_ok(self, url: str, timeout: float = 30.0) -> None:
+        """Wait until ``url`` answers 200 (the gateway's readiness: it has no gRPC health)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"{self.name} exited with code {self.returncode}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} did not answer {url} within {timeout:.0f}s")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` of this process's log, for error messages."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     @property
     def returncode(self) -> int | None:

@@ -19,8 +19,7 @@ import nats
 
 from slotlock.feed import Feed
 from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2, reservation_pb2_grpc
-from slotlock_cli.bench.harness import reservation_service
-from slotlock_cli.bench.holds import create_hot_event
+from slotlock_cli.bench.holds import bench_system, create_hot_event
 
 
 def register(subparsers: Any) -> None:
@@ -38,9 +37,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     feed = Feed(stream="BENCH_EXPIRY", subject_prefix="bench.expiry")
-    with reservation_service(args, feed, {"SLOTLOCK_HOLD_TTL_S": str(args.ttl)}) as service:
-        events = [create_hot_event(service.address, f"BENCH-EXP-{i}") for i in range(args.events)]
-        lags = asyncio.run(measure(service.address, service.stack.nats_url, feed, events, args))
+    with bench_system(args, feed, hold_ttl_s=args.ttl) as system:
+        events = [create_hot_event(system, f"BENCH-EXP-{i}") for i in range(args.events)]
+        lags = asyncio.run(
+            measure(system.reservation_addr, system.stack.nats_url, feed, events, args)
+        )
     lags.sort()
     p50 = statistics.median(lags)
     p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]

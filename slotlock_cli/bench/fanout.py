@@ -22,20 +22,17 @@ import asyncio
 import contextlib
 import json
 import math
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from slotlock.feed import Feed
-from slotlock.v1 import catalog_pb2, changes_pb2
-from slotlock_cli.devstack import DevStack, EmbeddedNats, free_port
-from slotlock_cli.processes import ServiceProcess
+from slotlock_cli import builders
+from slotlock_cli.system import System
 
 CAPACITY = 1_000_000
 WATCHERS_PER_CHANNEL = 200
@@ -181,22 +178,14 @@ class PublishDriver:
 
     async def _publish(self, pending: int) -> None:
         self.change_id += 1
-        change = changes_pb2.EventChange(
-            change_id=self.change_id,
-            type=changes_pb2.CHANGE_TYPE_HOLD_CREATED,
-            event=catalog_pb2.Event(
-                id=self.event_id,
-                code="BENCH-FANOUT",
-                experience_title="Dinner in the dark",
-                local_date="2026-12-24",
-                local_start_time="19:00",
-                capacity=CAPACITY,
-                pending=pending,
-                available=CAPACITY - pending,
-                status=catalog_pb2.EVENT_STATUS_SCHEDULED,
-                version=self.change_id,
-            ),
+        event = builders.event_snapshot(
+            self.event_id,
+            code="BENCH-FANOUT",
+            capacity=CAPACITY,
+            pending=pending,
+            version=self.change_id,
         )
+        change = builders.event_change(event, self.change_id)
         await self._js.publish(
             self.feed.subject_for(self.event_id),
             change.SerializeToString(),
@@ -227,18 +216,17 @@ class ReservationDriver:
     async def setup(self) -> str:
         import grpc
 
-        from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
+        from slotlock.v1 import reservation_pb2_grpc
 
         self._channel = grpc.aio.insecure_channel(self.address)
         self._stub = reservation_pb2_grpc.ReservationServiceStub(self._channel)
         event = await self._stub.UpsertEvent(
-            reservation_pb2.UpsertEventRequest(
-                code=f"BENCH-{uuid.uuid4().hex[:8]}",
-                experience_title="Dinner in the dark",
+            builders.event_request(
+                f"BENCH-{uuid.uuid4().hex[:8]}",
+                CAPACITY,
+                title="Dinner in the dark",
                 local_date="2026-12-24",
-                local_start_time="19:00",
-                capacity=CAPACITY,
-                dinner_price=catalog_pb2.Money(amount=1_500_000, currency="VND"),
+                experience_only_price=None,
             )
         )
         self.event_id = event.id
@@ -305,64 +293,45 @@ def start_clients(
 def run(args: argparse.Namespace) -> int:
     import psutil
 
-    root = Path(tempfile.mkdtemp(prefix="slotlock-bench-fanout-"))
-    log_dir: Path = args.log_dir or root
-    log_dir.mkdir(parents=True, exist_ok=True)
     feed = Feed(stream=f"BENCH_FANOUT_{uuid.uuid4().hex[:8]}", subject_prefix="bench.fanout")
     want_db = args.driver != "publish"
-    stack: DevStack | None = None
-    nats_only: EmbeddedNats | None = None
-    services: list[ServiceProcess] = []
+    # Logs survive only under --log-dir; everything else goes with the system's temporary folder.
+    system = System(
+        database_url=args.database_url,
+        nats_url=args.nats_url,
+        postgres=want_db,
+        feed=feed,
+        log_dir=args.log_dir,
+        roles=(),
+        hold_ttl_s=600,
+        log_level="WARNING",
+    )
     clients: list[Any] = []
     loop = asyncio.new_event_loop()
     driver: PublishDriver | ReservationDriver | None = None
     try:
+        system.start_stack()
         if want_db:
-            stack = DevStack(
-                database_url=args.database_url, nats_url=args.nats_url, root=root / "stack"
-            ).start()
-            nats_url = stack.nats_url
-        elif args.nats_url:
-            nats_url = args.nats_url
-        else:
-            nats_only = EmbeddedNats(root / "nats")
-            nats_url = nats_only.start()
-        feed_env = {
-            "SLOTLOCK_NATS_URL": nats_url,
-            "SLOTLOCK_STREAM": feed.stream,
-            "SLOTLOCK_SUBJECT_PREFIX": feed.subject_prefix,
-            "SLOTLOCK_LOG_LEVEL": "WARNING",
-        }
-
-        if want_db and stack is not None:
             try:
-                driver = loop.run_until_complete(
-                    start_reservation(stack, feed_env, log_dir, services)
-                )
+                system.start_service(system.add_service("reservation"))
+                driver = ReservationDriver(system.reservation_addr)
             except Exception as error:
                 if args.driver == "reservation":
                     raise
                 print(f"reservation service not usable ({error}); publishing EventChange instead")
         if driver is None:
-            driver = PublishDriver(nats_url, feed)
+            driver = PublishDriver(system.stack.nats_url, feed)
         event_id = loop.run_until_complete(driver.setup())
         print(f"driver: {driver.name}")
 
-        port = free_port()
-        availability = ServiceProcess(
-            "availability_service",
-            {
-                **feed_env,
-                "SLOTLOCK_AVAILABILITY_PORT": str(port),
-                "SLOTLOCK_MAX_WATCHERS": str(max(10_000, args.watchers * 2)),
-            },
-            log_path=log_dir / "availability.log",
-        ).start()
-        services.append(availability)
-        address = f"127.0.0.1:{port}"
-        availability.wait_serving(address)
+        availability = system.add_service(
+            "availability",
+            env={"SLOTLOCK_MAX_WATCHERS": str(max(10_000, args.watchers * 2))},
+        )
+        system.start_service(availability)
+        address = system.service(availability).address
         loop.run_until_complete(wait_known(address, event_id))
-        service = psutil.Process(availability.pid)
+        service = psutil.Process(system.service(availability).process.pid)
         rss_before = service.memory_info().rss
 
         count = args.clients or max(1, min(4, math.ceil(args.watchers / 1000)))
@@ -448,40 +417,7 @@ def run(args: argparse.Namespace) -> int:
         if driver is not None:
             loop.run_until_complete(driver.close())
         loop.close()
-        for process in reversed(services):
-            process.stop()
-        if nats_only is not None:
-            nats_only.stop()
-        if stack is not None:
-            stack.stop()
-        shutil.rmtree(root, ignore_errors=True)  # logs survive only under --log-dir
-
-
-async def start_reservation(
-    stack: DevStack, feed_env: dict[str, str], log_dir: Path, services: list[ServiceProcess]
-) -> ReservationDriver:
-    import psycopg
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    async with await psycopg.AsyncConnection.connect(stack.database_url, autocommit=True) as conn:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    database_url = stack.database_url.rsplit("/", 1)[0] + f"/{name}"
-    port = free_port()
-    process = ServiceProcess(
-        "reservation_service",
-        {
-            **feed_env,
-            "SLOTLOCK_DATABASE_URL": database_url,
-            "SLOTLOCK_RESERVATION_PORT": str(port),
-            "SLOTLOCK_HOLD_TTL_S": "600",
-        },
-        log_path=log_dir / "reservation.log",
-    ).start()
-    services.append(process)
-    await asyncio.get_running_loop().run_in_executor(
-        None, process.wait_serving, f"127.0.0.1:{port}"
-    )
-    return ReservationDriver(f"127.0.0.1:{port}")
+        system.stop()
 
 
 async def wait_known(address: str, event_id: str, within: float = 30.0) -> None:

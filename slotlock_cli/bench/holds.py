@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 
 from slotlock.feed import Feed
-from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2, reservation_pb2_grpc
-from slotlock_cli.bench.harness import reservation_service
+from slotlock.v1 import changes_pb2, reservation_pb2, reservation_pb2_grpc
 from slotlock_cli.devstack import postgres_install_dir
+from slotlock_cli.system import System
 
 FEED = Feed(stream="BENCH_HOLDS", subject_prefix="bench.holds")
 
@@ -68,21 +68,34 @@ COMMIT;
 """
 
 
+def bench_system(args: argparse.Namespace, feed: Feed, **options: Any) -> System:
+    """The reservation service alone, the way it is deployed, on the servers ``--database-url``
+    and ``--nats-url`` name (embedded ones otherwise), for the reservation benchmarks."""
+    return System(
+        database_url=args.database_url,
+        nats_url=args.nats_url,
+        feed=feed,
+        database="bench",
+        roles=("reservation",),
+        log_level="WARNING",
+        **options,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     env = {"SLOTLOCK_MAX_SEATS_PER_HOLD": "10", "SLOTLOCK_WORKERS": str(args.workers)}
-    with reservation_service(args, FEED, env) as service:
-        event_id = create_hot_event(service.address, "BENCH-HOT-GRPC")
-        holds_per_s = measure_grpc(service.address, event_id, args)
+    with bench_system(args, FEED, extra_env=env) as system:
+        event_id = create_hot_event(system, "BENCH-HOT-GRPC")
+        holds_per_s = measure_grpc(system.reservation_addr, event_id, args)
         print(
             f"gRPC CreateHold on one hot event: {holds_per_s:,.0f} holds/s "
             f"({args.workers} service worker(s), {args.concurrency} calls in flight over "
             f"{args.channels} connection(s) x {args.client_processes} client process(es), "
             f"{args.seconds:.0f} s)"
         )
-        raw_event = create_hot_event(service.address, "BENCH-HOT-RAW")
-        service.process.stop()  # pgbench gets the machine to itself
-        database_url = service.database_url
-        raw_tps = measure_pgbench(database_url, raw_event, args)
+        raw_event = create_hot_event(system, "BENCH-HOT-RAW")
+        system.stop_service("reservation")  # pgbench gets the machine to itself
+        raw_tps = measure_pgbench(system.database_url, raw_event, args)
         print(
             f"raw Postgres, same transaction, one hold per commit: {raw_tps:,.0f} tps "
             f"(pgbench, {args.pgbench_clients} clients)"
@@ -101,21 +114,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def create_hot_event(address: str, code: str) -> str:
-    with grpc.insecure_channel(address) as channel:
-        stub = reservation_pb2_grpc.ReservationServiceStub(channel)
-        event = stub.UpsertEvent(
-            reservation_pb2.UpsertEventRequest(
-                code=code,
-                experience_title="Benchmark Night",
-                local_date="2099-12-31",
-                local_start_time="19:00",
-                capacity=1_000_000,
-                dinner_price=catalog_pb2.Money(amount=1, currency="VND"),
-            ),
-            timeout=10,
-        )
-        return str(event.id)
+def create_hot_event(system: System, code: str) -> str:
+    """An event far in the future with room for every hold a run can make."""
+    event = system.seed_event(
+        code,
+        capacity=1_000_000,
+        title="Benchmark Night",
+        local_date="2099-12-31",
+        dinner_price=1,
+    )
+    return event.id
 
 
 def measure_grpc(address: str, event_id: str, args: argparse.Namespace) -> float:

@@ -12,17 +12,13 @@ import argparse
 import asyncio
 import json
 import re
-import shutil
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from slotlock.feed import Feed
-from slotlock.v1 import catalog_pb2, changes_pb2
-from slotlock_cli.devstack import EmbeddedNats, free_port
-from slotlock_cli.processes import ServiceProcess
+from slotlock_cli import builders
+from slotlock_cli.system import System
 
 
 def register(subparsers: Any) -> None:
@@ -42,26 +38,15 @@ def register(subparsers: Any) -> None:
 
 
 def change_bytes(event_id: str, version: int, change_id: int) -> bytes:
-    capacity = 40
-    pending = version % 7
-    return changes_pb2.EventChange(
-        change_id=change_id,
-        type=changes_pb2.CHANGE_TYPE_HOLD_CREATED,
-        event=catalog_pb2.Event(
-            id=event_id,
-            code=f"BENCH-{event_id[:8]}",
-            experience_title="Dinner in the dark",
-            local_date="2026-12-24",
-            local_start_time="19:00",
-            time_zone="Asia/Ho_Chi_Minh",
-            capacity=capacity,
-            status=catalog_pb2.EVENT_STATUS_SCHEDULED,
-            dinner_price=catalog_pb2.Money(amount=1_500_000, currency="VND"),
-            pending=pending,
-            available=capacity - pending,
-            version=version,
-        ),
-    ).SerializeToString()
+    event = builders.event_snapshot(
+        event_id,
+        capacity=40,
+        pending=version % 7,
+        version=version,
+        time_zone="Asia/Ho_Chi_Minh",
+        dinner_price=builders.money(1_500_000),
+    )
+    return builders.event_change(event, change_id).SerializeToString()
 
 
 async def fill_feed(nats_url: str, feed: Feed, events: int, superseded: int) -> int:
@@ -95,27 +80,18 @@ async def fill_feed(nats_url: str, feed: Feed, events: int, superseded: int) -> 
         await nc.close()
 
 
-def time_cold_start(
-    nats_url: str, feed: Feed, log_path: Path
-) -> tuple[float, float | None, int | None]:
-    port = free_port()
-    process = ServiceProcess(
-        "availability_service",
-        {
-            "SLOTLOCK_NATS_URL": nats_url,
-            "SLOTLOCK_STREAM": feed.stream,
-            "SLOTLOCK_SUBJECT_PREFIX": feed.subject_prefix,
-            "SLOTLOCK_AVAILABILITY_PORT": str(port),
-        },
-        log_path=log_path,
-    )
+def time_cold_start(system: System) -> tuple[float, float | None, int | None]:
+    """Start a new availability replica and time it to SERVING; then read the rebuild time the
+    service logged."""
+    name = system.add_service("availability")
     started = time.monotonic()
-    process.start()
     try:
-        process.wait_serving(f"127.0.0.1:{port}", timeout=120)
+        system.start_service(name, timeout=120)
         seconds = time.monotonic() - started
     finally:
-        process.stop()
+        system.stop_service(name)
+    log_path = system.service(name).process.log_path
+    assert log_path is not None
     found = re.findall(r"view rebuilt: (\d+) events in ([0-9.]+)s", log_path.read_text())
     if not found:
         return seconds, None, None
@@ -123,11 +99,9 @@ def time_cold_start(
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(tempfile.mkdtemp(prefix="slotlock-bench-rebuild-"))
-    nats_server = None if args.nats_url else EmbeddedNats(root / "nats")
-    nats_url: str = args.nats_url or (nats_server.start() if nats_server else "")
     feed = Feed(stream=f"BENCH_REBUILD_{uuid.uuid4().hex[:8]}", subject_prefix="bench.rebuild")
-    try:
+    with System(nats_url=args.nats_url, postgres=False, feed=feed, roles=()) as system:
+        nats_url = system.stack.nats_url
         started = time.monotonic()
         published = asyncio.run(fill_feed(nats_url, feed, args.events, args.superseded))
         print(
@@ -136,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
         )
         results = []
         for attempt in range(1, args.runs + 1):
-            seconds, rebuild, known = time_cold_start(
-                nats_url, feed, root / f"availability-{attempt}.log"
-            )
+            seconds, rebuild, known = time_cold_start(system)
             results.append((seconds, rebuild))
             inner = f"{rebuild:.3f}s" if rebuild is not None else "n/a"
             print(
@@ -156,8 +128,4 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
         )
-        return 0
-    finally:
-        if nats_server is not None:
-            nats_server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    return 0

@@ -8,122 +8,47 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import grpc
-import psycopg
 import pytest
 
 from slotlock.feed import Feed
 from slotlock.v1 import (
     availability_pb2,
     availability_pb2_grpc,
-    catalog_pb2,
     reservation_pb2,
     reservation_pb2_grpc,
 )
-from slotlock_cli.devstack import DevStack, free_port
-from slotlock_cli.processes import ServiceProcess
+from slotlock_cli import builders
+from slotlock_cli.devstack import DevStack
+from slotlock_cli.system import System
 
 HOLD_TTL_S = 1.5
 
 
-def fresh_database(server_url: str) -> str:
-    name = f"avail_e2e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(server_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
-class Services:
-    """One reservation service and any number of availability replicas, as processes."""
-
-    def __init__(self, stack: DevStack, feed: Feed, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.feed_env = {
-            "SLOTLOCK_NATS_URL": stack.nats_url,
-            "SLOTLOCK_STREAM": feed.stream,
-            "SLOTLOCK_SUBJECT_PREFIX": feed.subject_prefix,
-        }
-        port = free_port()
-        self.reservation_addr = f"127.0.0.1:{port}"
-        self.reservation = ServiceProcess(
-            "reservation_service",
-            {
-                **self.feed_env,
-                "SLOTLOCK_DATABASE_URL": fresh_database(stack.database_url),
-                "SLOTLOCK_RESERVATION_PORT": str(port),
-                "SLOTLOCK_HOLD_TTL_S": str(HOLD_TTL_S),
-            },
-            name="reservation",
-            log_path=log_dir / "reservation.log",
-        )
-        self.availability: list[tuple[ServiceProcess, str]] = []
-        self._channels: list[grpc.Channel] = []
-
-    def start_reservation(self) -> None:
-        self.reservation.start()
-        self._wait(self.reservation, self.reservation_addr)
-
-    def add_availability(self) -> int:
-        port = free_port()
-        number = len(self.availability)
-        process = ServiceProcess(
-            "availability_service",
-            {**self.feed_env, "SLOTLOCK_AVAILABILITY_PORT": str(port)},
-            name=f"availability-{number}",
-            log_path=self.log_dir / f"availability-{number}.log",
-        )
-        self.availability.append((process, f"127.0.0.1:{port}"))
-        self.restart_availability(number)
-        return number
-
-    def restart_availability(self, number: int) -> None:
-        process, address = self.availability[number]
-        process.stop()
-        process.start()
-        self._wait(process, address)
-
-    def _wait(self, process: ServiceProcess, address: str) -> None:
-        try:
-            process.wait_serving(address, timeout=30)
-        except (RuntimeError, TimeoutError) as error:
-            log = process.log_path.read_text(errors="replace") if process.log_path else ""
-            raise RuntimeError(f"{error}\n{log[-3000:]}") from None
-
-    def channel(self, address: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(address)
-        self._channels.append(channel)
-        return channel
-
-    def reservations(self) -> reservation_pb2_grpc.ReservationServiceStub:
-        return reservation_pb2_grpc.ReservationServiceStub(self.channel(self.reservation_addr))
-
-    def availability_stub(self, number: int = 0) -> availability_pb2_grpc.AvailabilityServiceStub:
-        return availability_pb2_grpc.AvailabilityServiceStub(
-            self.channel(self.availability[number][1])
-        )
-
-    def stop(self) -> None:
-        for channel in self._channels:
-            channel.close()
-        for process, _ in self.availability:
-            process.stop()
-        self.reservation.stop()
-
-
 @pytest.fixture
-def services(stack: DevStack, feed: Feed, tmp_path: Path) -> Iterator[Services]:
-    running = Services(stack, feed, tmp_path)
-    try:
-        running.start_reservation()
+def system(stack: DevStack, feed: Feed, tmp_path: Path) -> Iterator[System]:
+    """The reservation service; each test adds the availability replicas it needs."""
+    with System(
+        stack, feed, log_dir=tmp_path, hold_ttl_s=HOLD_TTL_S, roles=("reservation",)
+    ) as running:
         yield running
-    finally:
-        running.stop()
+
+
+def reservation_stub(system: System) -> reservation_pb2_grpc.ReservationServiceStub:
+    return reservation_pb2_grpc.ReservationServiceStub(system.channel("reservation"))
+
+
+def availability_stub(system: System, name: str) -> availability_pb2_grpc.AvailabilityServiceStub:
+    return availability_pb2_grpc.AvailabilityServiceStub(system.channel(name))
+
+
+def add_availability(system: System) -> str:
+    name = system.add_service("availability")
+    system.start_service(name)
+    return name
 
 
 class Watch:
@@ -171,17 +96,13 @@ class Watch:
 
 
 def upsert_event(stub: reservation_pb2_grpc.ReservationServiceStub, capacity: int) -> Any:
-    return stub.UpsertEvent(
-        reservation_pb2.UpsertEventRequest(
-            code=f"E2E-{uuid.uuid4().hex[:8]}",
-            experience_title="Dinner in the dark",
-            local_date=(date.today() + timedelta(days=30)).isoformat(),
-            local_start_time="19:00",
-            capacity=capacity,
-            dinner_price=catalog_pb2.Money(amount=1_500_000, currency="VND"),
-        ),
-        timeout=10,
+    request = builders.event_request(
+        f"E2E-{uuid.uuid4().hex[:8]}",
+        capacity,
+        title="Dinner in the dark",
+        experience_only_price=None,
     )
+    return stub.UpsertEvent(request, timeout=10)
 
 
 def wait_known(stub: availability_pb2_grpc.AvailabilityServiceStub, event_id: str) -> None:
@@ -216,12 +137,12 @@ def counters(message: Any) -> tuple[int, int, int, int]:
     return (message.paid, message.pending, message.available, message.version)
 
 
-def test_holds_reach_watchers_and_move_the_badge(services: Services) -> None:
-    services.add_availability()
-    reservations = services.reservations()
+def test_holds_reach_watchers_and_move_the_badge(system: System) -> None:
+    replica = add_availability(system)
+    reservations = reservation_stub(system)
     event = upsert_event(reservations, capacity=10)
-    wait_known(services.availability_stub(), event.id)
-    watch = Watch(services.availability_stub(), event.id)
+    wait_known(availability_stub(system, replica), event.id)
+    watch = Watch(availability_stub(system, replica), event.id)
     try:
         first = watch.wait_for(lambda m: True, within=5)
         assert (first.paid, first.pending, first.available) == (0, 0, 10)
@@ -272,31 +193,31 @@ def test_holds_reach_watchers_and_move_the_badge(services: Services) -> None:
         watch.close()
 
 
-def truth_and_view(services: Services, event_id: str, number: int) -> tuple[Any, Any]:
-    truth = services.reservations().GetEvent(
+def truth_and_view(system: System, event_id: str, replica: str) -> tuple[Any, Any]:
+    truth = reservation_stub(system).GetEvent(
         reservation_pb2.GetEventRequest(event_id=event_id), timeout=10
     )
-    view = services.availability_stub(number).GetEventAvailability(
+    view = availability_stub(system, replica).GetEventAvailability(
         availability_pb2.GetEventAvailabilityRequest(event_id=event_id), timeout=10
     )
     return truth, view
 
 
-def wait_converged(services: Services, event_id: str, number: int, within: float = 10) -> Any:
+def wait_converged(system: System, event_id: str, replica: str, within: float = 10) -> Any:
     deadline = time.monotonic() + within
     while True:
-        truth, view = truth_and_view(services, event_id, number)
+        truth, view = truth_and_view(system, event_id, replica)
         if (truth.paid, truth.pending, truth.version) == (view.paid, view.pending, view.version):
             return view
-        assert time.monotonic() < deadline, f"replica {number}: {view} != {truth}"
+        assert time.monotonic() < deadline, f"replica {replica}: {view} != {truth}"
         time.sleep(0.05)
 
 
 class Activity:
     """Holds placed on a thread (some released) until stopped."""
 
-    def __init__(self, services: Services, event_id: str) -> None:
-        self.stub = services.reservations()
+    def __init__(self, system: System, event_id: str) -> None:
+        self.stub = reservation_stub(system)
         self.event_id = event_id
         self.done = threading.Event()
         self.made = 0
@@ -322,28 +243,28 @@ class Activity:
         return self.made
 
 
-def test_restart_during_activity_converges_on_the_truth(services: Services) -> None:
-    number = services.add_availability()
-    event = upsert_event(services.reservations(), capacity=100_000)
-    activity = Activity(services, event.id)
+def test_restart_during_activity_converges_on_the_truth(system: System) -> None:
+    replica = add_availability(system)
+    event = upsert_event(reservation_stub(system), capacity=100_000)
+    activity = Activity(system, event.id)
     try:
         time.sleep(0.5)
-        services.restart_availability(number)
+        system.restart_service(replica)
         time.sleep(0.5)
     finally:
         made = activity.stop()
     assert made > 10
-    view = wait_converged(services, event.id, number)
+    view = wait_converged(system, event.id, replica)
     assert view.available == view.capacity - view.paid - view.pending
 
 
-def test_two_replicas_agree(services: Services) -> None:
-    first = services.add_availability()
-    event = upsert_event(services.reservations(), capacity=100_000)
-    activity = Activity(services, event.id)
+def test_two_replicas_agree(system: System) -> None:
+    first = add_availability(system)
+    event = upsert_event(reservation_stub(system), capacity=100_000)
+    activity = Activity(system, event.id)
     try:
         time.sleep(0.3)
-        second = services.add_availability()  # joins mid-stream: rebuilds, then follows
+        second = add_availability(system)  # joins mid-stream: rebuilds, then follows
         time.sleep(0.5)
     finally:
         activity.stop()
@@ -351,9 +272,9 @@ def test_two_replicas_agree(services: Services) -> None:
     # it, and each other, in one and the same poll.
     deadline = time.monotonic() + 10
     while True:
-        before, one = truth_and_view(services, event.id, first)
-        two = truth_and_view(services, event.id, second)[1]
-        after = services.reservations().GetEvent(
+        before, one = truth_and_view(system, event.id, first)
+        two = truth_and_view(system, event.id, second)[1]
+        after = reservation_stub(system).GetEvent(
             reservation_pb2.GetEventRequest(event_id=event.id), timeout=10
         )
         if before.version == after.version == one.version == two.version:

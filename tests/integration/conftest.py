@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
-from psycopg import sql as pgsql
 
 from reservation_service.migrations import apply_migrations
 from reservation_service.server import ReservationServer
@@ -20,22 +18,16 @@ from reservation_service.settings import Settings
 from slotlock.feed import Feed
 from slotlock.v1 import reservation_pb2_grpc
 from slotlock_cli.devstack import DevStack
+from slotlock_cli.system import create_database, drop_database
+from tests.support import StartReservation
 
 TEMPLATE = "slotlock_template"
 
 
-def database_url_for(base_url: str, name: str) -> str:
-    head, _, tail = base_url.rpartition("/")
-    query = tail.partition("?")[2]
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture(scope="session")
 def template_database(stack: DevStack) -> str:
-    with psycopg.connect(stack.database_url, autocommit=True) as conn:
-        conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {}").format(pgsql.Identifier(TEMPLATE)))
-        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(TEMPLATE)))
-    url = database_url_for(stack.database_url, TEMPLATE)
+    drop_database(stack.database_url, TEMPLATE)
+    url = create_database(stack.database_url, TEMPLATE)
     asyncio.run(apply_migrations(url))
     return TEMPLATE
 
@@ -43,20 +35,8 @@ def template_database(stack: DevStack) -> str:
 @pytest.fixture
 def database_url(stack: DevStack, template_database: str) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(stack.database_url, autocommit=True) as conn:
-        conn.execute(
-            pgsql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                pgsql.Identifier(name), pgsql.Identifier(template_database)
-            )
-        )
-    yield database_url_for(stack.database_url, name)
-    with psycopg.connect(stack.database_url, autocommit=True) as conn:
-        conn.execute(
-            pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name))
-        )
-
-
-StartReservation = Callable[..., Awaitable[ReservationServer]]
+    yield create_database(stack.database_url, name, template=template_database)
+    drop_database(stack.database_url, name)
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import pytest
 from slotlock.v1 import catalog_pb2
 from slotlock.v1 import reservation_pb2 as r
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
-from tests.integration.helpers import event_request, snapshot
+from slotlock_cli.builders import event_request
+from tests.support import snapshot
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

@@ -15,8 +15,8 @@ import pytest
 from reservation_service.server import ReservationServer
 from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
-from tests.integration.conftest import StartReservation
-from tests.integration.helpers import event_request
+from slotlock_cli.builders import event_request
+from tests.support import StartReservation
 
 
 def stub_for(server: ReservationServer, channels: list[grpc.aio.Channel]) -> ReservationServiceStub:

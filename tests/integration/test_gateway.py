@@ -21,7 +21,7 @@ from gateway.__main__ import build_server
 from gateway.settings import Settings
 from slotlock.feed import Feed
 from slotlock_cli.devstack import DevStack
-from tests.e2e.system import System
+from slotlock_cli.system import System
 
 pytestmark = pytest.mark.timeout(90)
 

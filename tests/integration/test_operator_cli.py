@@ -16,7 +16,7 @@ import pytest
 
 from slotlock.feed import Feed
 from slotlock_cli.devstack import DevStack
-from tests.e2e.system import System
+from slotlock_cli.system import System
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -17,9 +17,9 @@ from reservation_service.outbox import with_change_id
 from slotlock.feed import Feed
 from slotlock.v1 import changes_pb2, reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
+from slotlock_cli.builders import event_request
 from slotlock_cli.devstack import DevStack, EmbeddedNats
-from tests.integration.conftest import StartReservation
-from tests.integration.helpers import event_request
+from tests.support import StartReservation
 
 
 def test_change_id_is_appended_without_reencoding() -> None:
