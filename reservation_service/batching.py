@@ -8,20 +8,19 @@ service gets past the one-commit-per-hold limit of the raw database.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Sequence
 
-from reservation_service.holds import HoldRequest
-from reservation_service.store import HoldOutcome, ReservationStore
-
-log = logging.getLogger(__name__)
+from reservation_service.holds import HoldOutcome, HoldRequest
 
 Waiting = tuple[HoldRequest, "asyncio.Future[HoldOutcome]"]
+# Places one batch of holds on one event in one transaction: one outcome per request, in order.
+PlaceBatch = Callable[[str, Sequence[HoldRequest]], Awaitable[list[HoldOutcome]]]
 
 
 class HoldBatcher:
-    def __init__(self, store: ReservationStore, max_batch: int = 256) -> None:
-        self._store = store
+    def __init__(self, place_batch: PlaceBatch, max_batch: int = 256) -> None:
+        self._place_batch = place_batch
         self._max_batch = max_batch
         self._queues: dict[str, deque[Waiting]] = defaultdict(deque)
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -48,7 +47,7 @@ class HoldBatcher:
                 if not batch:
                     continue
                 try:
-                    outcomes = await self._store.create_holds(event_id, [r for r, _ in batch])
+                    outcomes = await self._place_batch(event_id, [r for r, _ in batch])
                 except Exception as error:  # the whole batch failed: each caller hears why
                     for _, future in batch:
                         if not future.done():
@@ -61,7 +60,7 @@ class HoldBatcher:
             del self._workers[event_id]
             if not queue:
                 self._queues.pop(event_id, None)
-            else:  # cancelled mid-way: let a new worker pick up what is left
+            else:  # cancelled mid-way (closing): the callers still queued hear it
                 for _, future in queue:
                     if not future.done():
                         future.cancel()

@@ -8,31 +8,35 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from reservation_service import errors
 from reservation_service.holds import (
+    DEFAULT_CURRENCY,
+    DEFAULT_TIME_ZONE,
     Change,
     ChangeType,
     Event,
     EventSpec,
     EventStatus,
+    HoldRequest,
     Money,
     PaymentAttempt,
     Reservation,
     ReservationStatus,
     TicketType,
 )
+from slotlock.ids import parse_uuid
 from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2
 
-EVENT_STATUS_TO_PROTO = {
+EVENT_STATUS_TO_PROTO: dict[EventStatus, catalog_pb2.EventStatus.ValueType] = {
     EventStatus.SCHEDULED: catalog_pb2.EVENT_STATUS_SCHEDULED,
     EventStatus.CANCELLED: catalog_pb2.EVENT_STATUS_CANCELLED,
     EventStatus.SOLD_OUT: catalog_pb2.EVENT_STATUS_SOLD_OUT,
 }
 EVENT_STATUS_FROM_PROTO = {v: k for k, v in EVENT_STATUS_TO_PROTO.items()}
-TICKET_TYPE_TO_PROTO = {
+TICKET_TYPE_TO_PROTO: dict[TicketType, catalog_pb2.TicketType.ValueType] = {
     TicketType.DINNER: catalog_pb2.TICKET_TYPE_DINNER,
     TicketType.EXPERIENCE_ONLY: catalog_pb2.TICKET_TYPE_EXPERIENCE_ONLY,
 }
 TICKET_TYPE_FROM_PROTO = {v: k for k, v in TICKET_TYPE_TO_PROTO.items()}
-RESERVATION_STATUS_TO_PROTO = {
+RESERVATION_STATUS_TO_PROTO: dict[ReservationStatus, catalog_pb2.ReservationStatus.ValueType] = {
     ReservationStatus.PENDING: catalog_pb2.RESERVATION_STATUS_PENDING,
     ReservationStatus.PAID: catalog_pb2.RESERVATION_STATUS_PAID,
     ReservationStatus.CANCELLED: catalog_pb2.RESERVATION_STATUS_CANCELLED,
@@ -40,7 +44,7 @@ RESERVATION_STATUS_TO_PROTO = {
     ReservationStatus.REFUNDED: catalog_pb2.RESERVATION_STATUS_REFUNDED,
 }
 RESERVATION_STATUS_FROM_PROTO = {v: k for k, v in RESERVATION_STATUS_TO_PROTO.items()}
-CHANGE_TYPE_TO_PROTO = {
+CHANGE_TYPE_TO_PROTO: dict[ChangeType, changes_pb2.ChangeType.ValueType] = {
     ChangeType.EVENT_UPSERTED: changes_pb2.CHANGE_TYPE_EVENT_UPSERTED,
     ChangeType.HOLD_CREATED: changes_pb2.CHANGE_TYPE_HOLD_CREATED,
     ChangeType.HOLD_CONFIRMED: changes_pb2.CHANGE_TYPE_HOLD_CONFIRMED,
@@ -93,6 +97,7 @@ def reservation_to_proto(reservation: Reservation) -> catalog_pb2.Reservation:
         created_at=timestamp(reservation.created_at),
         updated_at=timestamp(reservation.updated_at),
         payment_reference=reservation.payment_reference,
+        refund_reason=reservation.refund_reason,
     )
     if reservation.status is ReservationStatus.PENDING:
         message.expires_at.CopyFrom(timestamp(reservation.expires_at))
@@ -154,8 +159,6 @@ def money_from_proto(message: catalog_pb2.Money, default_currency: str) -> Money
 
 
 def event_spec_from_proto(request: reservation_pb2.UpsertEventRequest) -> EventSpec:
-    from reservation_service.holds import DEFAULT_CURRENCY, DEFAULT_TIME_ZONE
-
     if request.status not in (catalog_pb2.EVENT_STATUS_UNSPECIFIED, *EVENT_STATUS_FROM_PROTO):
         raise errors.InvalidField("status", f"unknown value {request.status}")
     if not request.local_date:
@@ -179,45 +182,55 @@ def event_spec_from_proto(request: reservation_pb2.UpsertEventRequest) -> EventS
     )
 
 
-def ticket_type_from_proto(value: int) -> TicketType:
+def hold_request_from_proto(request: reservation_pb2.CreateHoldRequest) -> HoldRequest:
+    return HoldRequest(
+        event_id=parse_uuid(request.event_id, "event_id"),
+        quantity=request.quantity,
+        ticket_type=ticket_type_from_proto(request.ticket_type),
+        customer_ref=request.customer_ref,
+        idempotency_key=request.idempotency_key or None,
+    )
+
+
+def ticket_type_from_proto(value: catalog_pb2.TicketType.ValueType) -> TicketType:
     if value == catalog_pb2.TICKET_TYPE_UNSPECIFIED:
         return TicketType.DINNER
     try:
-        return TICKET_TYPE_FROM_PROTO[value]  # type: ignore[index]
+        return TICKET_TYPE_FROM_PROTO[value]
     except KeyError as error:
         raise errors.InvalidField("ticket_type", f"unknown value {value}") from error
 
 
-def event_status_filter(value: int) -> EventStatus | None:
+def event_status_filter(value: catalog_pb2.EventStatus.ValueType) -> EventStatus | None:
     if value == catalog_pb2.EVENT_STATUS_UNSPECIFIED:
         return None
     try:
-        return EVENT_STATUS_FROM_PROTO[value]  # type: ignore[index]
+        return EVENT_STATUS_FROM_PROTO[value]
     except KeyError as error:
         raise errors.InvalidField("status", f"unknown value {value}") from error
 
 
-def reservation_status_filter(value: int) -> ReservationStatus | None:
+def reservation_status_filter(
+    value: catalog_pb2.ReservationStatus.ValueType,
+) -> ReservationStatus | None:
     if value == catalog_pb2.RESERVATION_STATUS_UNSPECIFIED:
         return None
     try:
-        return RESERVATION_STATUS_FROM_PROTO[value]  # type: ignore[index]
+        return RESERVATION_STATUS_FROM_PROTO[value]
     except KeyError as error:
         raise errors.InvalidField("status", f"unknown value {value}") from error
 
 
 def payment_from_proto(message: catalog_pb2.PaymentAttempt) -> PaymentAttempt:
-    attempt = PaymentAttempt(
+    """The attempt as sent; ``holds.validate_payment_attempt`` judges it."""
+    return PaymentAttempt(
         provider_order_id=message.provider_order_id,
         virtual_account_number=message.virtual_account_number,
         qr_code=message.qr_code,
         qr_code_url=message.qr_code_url,
     )
-    if not attempt.provider_order_id.strip():
-        raise errors.InvalidField("payment.provider_order_id", "is required")
-    for name in ("provider_order_id", "virtual_account_number", "qr_code_url"):
-        if len(getattr(attempt, name)) > 500:
-            raise errors.InvalidField(f"payment.{name}", "at most 500 characters")
-    if len(attempt.qr_code) > 4000:
-        raise errors.InvalidField("payment.qr_code", "at most 4000 characters")
-    return attempt
+
+
+def change_payload(change: Change) -> bytes:
+    """The outbox row's payload for ``change`` (the store gets this injected)."""
+    return change_to_proto(change).SerializeToString()

@@ -85,3 +85,8 @@ class DatabaseUnavailable(Unavailable):
     def __init__(self, detail: str = "") -> None:
         message = "the reservation database is unavailable; retry shortly"
         super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class DatabaseFailed(Exception):
+    """A statement failed for a reason no retry fixes: a bug, reported as INTERNAL and logged.
+    Deliberately not a SlotlockError: the caller did nothing wrong and cannot fix it."""

@@ -12,23 +12,47 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Protocol
 
-from reservation_service.store import ExpiryPass, ReservationStore
+from reservation_service.holds import ExpiryPass
 from slotlock.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
+# Waits until ``wake`` is set or ``timeout`` seconds pass; tests replace it to run without time.
+Sleep = Callable[[asyncio.Event, float], Awaitable[None]]
+
+
+class ExpiryStore(Protocol):
+    async def expire_due_holds(self, limit: int) -> ExpiryPass: ...
+
+    async def seconds_until_next_expiry(self) -> float | None: ...
+
+
+async def sleep_until_woken(wake: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=timeout)
+
 
 class Expirer:
     def __init__(
-        self, store: ReservationStore, *, batch: int = 500, recheck_s: float = 2.0
+        self,
+        store: ExpiryStore,
+        *,
+        batch: int = 500,
+        recheck_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = sleep_until_woken,
     ) -> None:
         self._store = store
         self._batch = batch
         self._recheck_s = recheck_s
+        self._clock = clock
+        self._sleep = sleep
         self._wake = asyncio.Event()
-        self._planned_wake = 0.0  # time.time() of the next planned pass
+        self._planned_wake = 0.0  # clock() of the next planned pass
 
     def notice_expiry(self, expires_at: datetime) -> None:
         """A hold due at ``expires_at`` was created: wake early if it is due before the plan."""
@@ -61,7 +85,6 @@ class Expirer:
                 until_next = 1.0
             delay = self._recheck_s if until_next is None else min(until_next, self._recheck_s)
             delay = max(delay, 0.0) + 0.002  # land just after the deadline, not just before
-            self._planned_wake = time.time() + delay
+            self._planned_wake = self._clock() + delay
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await self._sleep(self._wake, delay)

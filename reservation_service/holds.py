@@ -1,7 +1,9 @@
 """The hold rules: pure functions over frozen dataclasses, no I/O. Time comes in as ``now``.
 
-Every function that changes seats returns the event's new state (version bumped by one) and the
-changed reservation; the store persists both and writes one outbox message per change.
+Every rule lives here once. The ``validate_*`` functions judge a request on its own (the
+application calls them before anything touches the database or a batch); the functions that change
+seats judge it against the current state and return the event's new state (version bumped by one)
+and the changed reservation; the store persists both and writes one outbox message per change.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from reservation_service import errors
+from slotlock.errors import SlotlockError
 
 DEFAULT_TIME_ZONE = "Asia/Ho_Chi_Minh"
 DEFAULT_CURRENCY = "VND"
@@ -77,7 +80,9 @@ class Event:
 
     @property
     def reported_status(self) -> EventStatus:
-        """What listings see: a scheduled event with every seat paid or held reads SOLD_OUT."""
+        """What listings see: a scheduled event with every seat paid or held reads SOLD_OUT.
+        Postgres keeps the same rule as the generated column events.reported_status (migration
+        0002), which ListEvents filters on; an integration test holds the two together."""
         if self.status is EventStatus.SCHEDULED and self.available == 0:
             return EventStatus.SOLD_OUT
         return self.status
@@ -142,6 +147,11 @@ class Reservation:
     payment_reference: str = ""
     idempotency_key: str | None = None
     request_fingerprint: str | None = None
+    refund_reason: str = ""
+
+
+# A request's own outcome in a batch of holds: its reservation, or the error that refused it.
+HoldOutcome = Reservation | SlotlockError
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,14 @@ class Change:
     event: Event  # state after the change
     reservation: Reservation | None
     occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpiryPass:
+    """What one expiry pass did: holds released, and how many were due when it started."""
+
+    released: int
+    checked: int
 
 
 @dataclass(frozen=True)
@@ -171,17 +189,23 @@ def validate_hold_request(request: HoldRequest, policy: HoldPolicy) -> None:
             "quantity",
             f"at most {policy.max_seats_per_hold} seats per hold, got {request.quantity}",
         )
-    if len(request.customer_ref) > 200:
-        raise errors.InvalidField("customer_ref", "at most 200 characters")
-    if request.idempotency_key is not None and len(request.idempotency_key) > 200:
-        raise errors.InvalidField("idempotency_key", "at most 200 characters")
+
+
+def validate_payment_attempt(attempt: PaymentAttempt) -> None:
+    if not attempt.provider_order_id.strip():
+        raise errors.InvalidField("payment.provider_order_id", "is required")
+
+
+def validate_payment_reference(payment_reference: str) -> str:
+    """The reference without surrounding blanks, or InvalidField when there is none."""
+    if not payment_reference.strip():
+        raise errors.InvalidField("payment_reference", "is required")
+    return payment_reference.strip()
 
 
 def validate_event_spec(spec: EventSpec) -> None:
     if not spec.code.strip():
         raise errors.InvalidField("code", "is required, e.g. DS-2026-12-24-1900")
-    if len(spec.code) > 100:
-        raise errors.InvalidField("code", "at most 100 characters")
     if not spec.experience_title.strip():
         raise errors.InvalidField("experience_title", "is required")
     if spec.capacity < 0:
@@ -208,7 +232,7 @@ def validate_event_spec(spec: EventSpec) -> None:
 
 
 def create_event(spec: EventSpec, event_id: str, now: datetime) -> tuple[Event, Change]:
-    validate_event_spec(spec)
+    """A new event from a spec that passed ``validate_event_spec``."""
     event = Event(
         id=event_id,
         code=spec.code,
@@ -228,8 +252,8 @@ def create_event(spec: EventSpec, event_id: str, now: datetime) -> tuple[Event, 
 
 def update_event(event: Event, spec: EventSpec, now: datetime) -> tuple[Event, Change]:
     """Apply an upsert to an existing event. Pending holds of a cancelled event must have been
-    released first (``release_hold``), so the capacity check sees what is really taken."""
-    validate_event_spec(spec)
+    released first (``release_hold``), so the capacity check sees what is really taken. The spec
+    has passed ``validate_event_spec``."""
     taken = event.paid + event.pending
     if spec.capacity < taken:
         raise errors.CapacityBelowSold(spec.capacity, taken)
@@ -260,8 +284,8 @@ def place_hold(
     now: datetime,
     reservation_id: str,
 ) -> tuple[Event, Reservation, Change]:
-    """Lock ``request.quantity`` seats for ``policy.ttl``, or refuse with the reason."""
-    validate_hold_request(request, policy)
+    """Lock ``request.quantity`` seats for ``policy.ttl``, or refuse with the reason. The request
+    has passed ``validate_hold_request`` before it joined a batch."""
     if event.status is EventStatus.CANCELLED:
         raise errors.EventNotOpen("the event is cancelled")
     if event.status is EventStatus.SOLD_OUT:
@@ -307,9 +331,8 @@ def confirm_hold(
     event: Event, reservation: Reservation, payment_reference: str, now: datetime
 ) -> tuple[Event, Reservation, Change] | None:
     """PENDING and unexpired -> PAID. Returns None when it is already PAID with this reference
-    (an idempotent retry: nothing changes)."""
-    if not payment_reference.strip():
-        raise errors.InvalidField("payment_reference", "is required")
+    (an idempotent retry: nothing changes). The reference has passed
+    ``validate_payment_reference``."""
     if reservation.status is ReservationStatus.PAID:
         if reservation.payment_reference == payment_reference:
             return None
@@ -358,16 +381,18 @@ def expire_hold(
 
 
 def refund_reservation(
-    event: Event, reservation: Reservation, now: datetime
+    event: Event, reservation: Reservation, now: datetime, reason: str = ""
 ) -> tuple[Event, Reservation, Change] | None:
-    """PAID -> REFUNDED, seats back. Returns None when it is already REFUNDED."""
+    """PAID -> REFUNDED, seats back, the reason kept. Returns None when it is already REFUNDED."""
     if reservation.status is ReservationStatus.REFUNDED:
         return None
     if reservation.status is not ReservationStatus.PAID:
         raise errors.WrongHoldState(
             f"only a PAID reservation can be refunded; this one is {reservation.status.value}"
         )
-    refunded = replace(reservation, status=ReservationStatus.REFUNDED, updated_at=now)
+    refunded = replace(
+        reservation, status=ReservationStatus.REFUNDED, refund_reason=reason, updated_at=now
+    )
     updated = replace(event, paid=event.paid - reservation.quantity, version=event.version + 1)
     return updated, refunded, Change(ChangeType.RESERVATION_REFUNDED, updated, refunded, now)
 
@@ -395,15 +420,22 @@ def _return_pending(event: Event, quantity: int) -> Event:
 @dataclass(frozen=True)
 class HoldTokens:
     """Hold tokens are an HMAC of the reservation id, so none is stored and a retry with the same
-    idempotency key can be given its token again. Every replica must share the secret."""
+    idempotency key can be given its token again. Every replica must share the secret.
+
+    Two checks at two moments: ``require`` before any lookup (a request without a token is
+    malformed), ``check`` once the reservation is found (an unknown id reads NOT_FOUND, not
+    PERMISSION_DENIED)."""
 
     secret: bytes
 
     def token_for(self, reservation_id: str) -> str:
         return hmac.new(self.secret, reservation_id.encode(), hashlib.sha256).hexdigest()
 
-    def check(self, reservation_id: str, token: str) -> None:
+    @staticmethod
+    def require(token: str) -> None:
         if not token:
             raise errors.InvalidField("hold_token", "is required (returned by CreateHold)")
+
+    def check(self, reservation_id: str, token: str) -> None:
         if not hmac.compare_digest(self.token_for(reservation_id), token):
             raise errors.WrongHoldToken()

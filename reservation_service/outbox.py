@@ -15,18 +15,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import nats
 import psycopg
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from nats.js.errors import NotFoundError
+from psycopg.rows import TupleRow, dict_row
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from reservation_service import sql
 from reservation_service.convert import event_to_proto, timestamp
-from reservation_service.store import event_from_row
+from reservation_service.db import Pool
+from reservation_service.rows import event_from_row
 from slotlock.feed import Feed
 from slotlock.v1 import changes_pb2
 
@@ -61,7 +63,7 @@ class PublishFailed(Exception):
 class OutboxRelay:
     def __init__(
         self,
-        pool: AsyncConnectionPool[Any],
+        pool: Pool,
         conninfo: str,
         nats_url: str,
         feed: Feed,
@@ -87,8 +89,8 @@ class OutboxRelay:
         self._next_reconcile = 0.0  # loop time; 0 = as soon as the outbox is drained
         self._reconcile_after = _FIRST_ID  # where the running reconciliation pass has got to
         self._wake = asyncio.Event()
-        self._nc: Any = None
-        self._js: Any = None
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
         self.published = 0  # count, for logs and tests
 
     def wake(self) -> None:
@@ -128,7 +130,7 @@ class OutboxRelay:
             with attempt:
                 # pending_size=0: while disconnected, publishes fail at once instead of being
                 # buffered and sent after reconnect ahead of earlier, lost ones.
-                self._nc = await nats.connect(
+                self._nc = nc = await nats.connect(
                     self._nats_url,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25,
@@ -136,10 +138,15 @@ class OutboxRelay:
                     allow_reconnect=True,
                     connect_timeout=2,
                 )
-                self._js = self._nc.jetstream(timeout=self._ack_timeout_s)
+                self._js = nc.jetstream(timeout=self._ack_timeout_s)
                 await self._feed.ensure_stream(self._js)
 
-    async def _wait_for_relay_lock(self, lock_conn: psycopg.AsyncConnection[Any]) -> None:
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:  # run() connects before it relays anything
+            raise PublishFailed("not connected to NATS yet")
+        return self._js
+
+    async def _wait_for_relay_lock(self, lock_conn: psycopg.AsyncConnection[TupleRow]) -> None:
         while True:
             row = await (
                 await lock_conn.execute(QUERIES["try_relay_lock"], {"key": RELAY_LOCK_KEY})
@@ -148,7 +155,7 @@ class OutboxRelay:
                 return
             await self._sleep_until_woken()
 
-    async def _relay_while_locked(self, lock_conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _relay_while_locked(self, lock_conn: psycopg.AsyncConnection[TupleRow]) -> None:
         purge_every = 600
         rounds = 0
         while True:
@@ -181,12 +188,13 @@ class OutboxRelay:
             return [(int(r[0]), str(r[1]), bytes(r[2])) for r in await cur.fetchall()]
 
     async def _publish_in_order(self, rows: Sequence[tuple[int, str, bytes]]) -> None:
+        js = self._jetstream()
         futures: list[asyncio.Future[PubAck]] = []
         failure: BaseException | None = None
         for change_id, event_id, payload in rows:
             try:
                 futures.append(
-                    await self._js.publish_async(
+                    await js.publish_async(
                         self._feed.subject_for(event_id),
                         with_change_id(payload, change_id),
                         headers={"Nats-Msg-Id": str(change_id)},
@@ -246,21 +254,13 @@ class OutboxRelay:
         else:
             self._reconcile_after = after
 
-    async def reconcile(self) -> int:
-        """A whole reconciliation pass at once; returns how many events it repaired."""
-        repaired = 0
-        after: str | None = _FIRST_ID
-        while after is not None:
-            count, after = await self.reconcile_page(after)
-            repaired += count
-        return repaired
-
     async def reconcile_page(self, after: str, limit: int = 500) -> tuple[int, str | None]:
         """Postgres is the truth: re-publish the current state of each event (one page, by id)
         whose last message on the feed is behind the database. JetStream can lose acknowledged
         writes on power loss, and a stream can be recreated. Runs inside the relay loop, so no
         outbox publish interleaves with it and the feed's per-event order is kept. Returns how
         many it repaired and where the next page starts (None: the pass is complete)."""
+        js = self._jetstream()
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(QUERIES["event_states"], {"after": after, "limit": limit})
@@ -268,7 +268,7 @@ class OutboxRelay:
         repaired = 0
         for row in rows:
             event = event_from_row(row)
-            if await self._version_on_feed(event.id) >= event.version:
+            if await self._version_on_feed(js, event.id) >= event.version:
                 continue
             async with self._pool.connection() as conn:
                 cur2 = await conn.execute(QUERIES["has_unpublished"], {"event_id": event.id})
@@ -280,7 +280,7 @@ class OutboxRelay:
                 event=event_to_proto(event),
                 occurred_at=timestamp(row["updated_at"]),
             )
-            await self._js.publish(
+            await js.publish(
                 self._feed.subject_for(event.id),
                 snapshot.SerializeToString(),
                 headers={"Nats-Msg-Id": f"snapshot-{event.id}-{event.version}"},
@@ -288,12 +288,12 @@ class OutboxRelay:
             repaired += 1
         return repaired, (str(rows[-1]["id"]) if len(rows) == limit else None)
 
-    async def _version_on_feed(self, event_id: str) -> int:
-        from nats.js.errors import NotFoundError
-
+    async def _version_on_feed(self, js: JetStreamContext, event_id: str) -> int:
         try:
-            msg = await self._js.get_last_msg(self._feed.stream, self._feed.subject_for(event_id))
+            msg = await js.get_last_msg(self._feed.stream, self._feed.subject_for(event_id))
         except NotFoundError:
+            return 0
+        if msg.data is None:
             return 0
         version: int = changes_pb2.EventChange.FromString(msg.data).event.version
         return version

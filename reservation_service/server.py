@@ -9,7 +9,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import psycopg
@@ -17,7 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
 
-from reservation_service.batching import HoldBatcher
+from reservation_service import convert
+from reservation_service.application import Reservations
+from reservation_service.db import Database, Pool
 from reservation_service.expiry import Expirer
 from reservation_service.holds import HoldPolicy, HoldTokens
 from reservation_service.migrations import apply_migrations
@@ -38,11 +39,11 @@ class ReservationServer:
     settings: Settings
     port: int = 0
     server: grpc.aio.Server | None = None
-    pool: AsyncConnectionPool[Any] | None = None
+    pool: Pool | None = None
     store: ReservationStore | None = None
     relay: OutboxRelay | None = None
     expirer: Expirer | None = None
-    batcher: HoldBatcher | None = None
+    reservations: Reservations | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> ReservationServer:
@@ -52,26 +53,29 @@ class ReservationServer:
                 "SLOTLOCK_HOLD_TOKEN_SECRET is not set: using an insecure development secret"
             )
         await apply_migrations(s.database_url)
-        self.pool = AsyncConnectionPool(
+        self.pool = pool = AsyncConnectionPool(
             s.database_url, min_size=2, max_size=s.db_pool_size, open=False, timeout=10
         )
-        await self.pool.open(wait=True, timeout=30)
-        policy = HoldPolicy(ttl=s.hold_ttl, max_seats_per_hold=s.max_seats_per_hold)
-        tokens = HoldTokens(s.hold_token_secret.encode())
-        self.relay = OutboxRelay(self.pool, s.database_url, s.nats_url, s.feed)
+        await pool.open(wait=True, timeout=30)
+        self.relay = OutboxRelay(pool, s.database_url, s.nats_url, s.feed)
         self.store = ReservationStore(
-            self.pool,
-            policy,
-            tokens,
+            Database(pool),
+            convert.change_payload,  # the store writes payloads; it does not know their format
             on_commit=self.relay.wake,
             notify_other_replicas=s.notify_other_replicas,
         )
         self.expirer = Expirer(self.store, recheck_s=s.expiry_recheck_s)
-        self.batcher = HoldBatcher(self.store, max_batch=s.max_batch)
+        self.reservations = Reservations(
+            self.store,
+            self.expirer,
+            HoldPolicy(ttl=s.hold_ttl, max_seats_per_hold=s.max_seats_per_hold),
+            HoldTokens(s.hold_token_secret.encode()),
+            max_batch=s.max_batch,
+        )
 
         self.server = create_server()
         reservation_pb2_grpc.add_ReservationServiceServicer_to_server(
-            ReservationServicer(self.store, self.batcher, self.expirer, policy, tokens), self.server
+            ReservationServicer(self.reservations), self.server
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
@@ -92,8 +96,8 @@ class ReservationServer:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
-        if self.batcher is not None:
-            await self.batcher.close()
+        if self.reservations is not None:
+            await self.reservations.close()
         for task in self.tasks:
             task.cancel()
         if self.tasks:

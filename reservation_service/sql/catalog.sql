@@ -8,6 +8,15 @@ VALUES (%(id)s, %(code)s, %(experience_title)s, %(local_date)s, %(local_start_ti
 ON CONFLICT (code) DO NOTHING
 RETURNING id;
 
+-- name: lock_pending_holds_of_event_by_code
+-- Cancelling an event releases its pending holds. Reservations before their event row: the lock
+-- order every writer follows (confirm, release, refund, expiry), so none of them can deadlock
+-- with a cancellation. ORDER BY id: two cancellations take the same rows in the same order.
+SELECT * FROM reservations
+WHERE event_id = (SELECT id FROM events WHERE code = %(code)s) AND status = 'PENDING'
+ORDER BY id
+FOR UPDATE;
+
 -- name: lock_event_by_code
 SELECT * FROM events WHERE code = %(code)s FOR UPDATE;
 
@@ -18,16 +27,9 @@ SELECT * FROM events WHERE id = %(id)s;
 SELECT * FROM events
 WHERE (%(from_date)s::date IS NULL OR local_date >= %(from_date)s::date)
   AND (%(to_date)s::date IS NULL OR local_date <= %(to_date)s::date)
-  AND (%(status)s::text IS NULL OR status = %(status)s::text
-       OR (%(status)s::text = 'SOLD_OUT' AND status = 'SCHEDULED' AND paid + pending >= capacity))
+  -- reported_status: what a listing shows (migration 0002), so the filter agrees with it.
+  AND (%(status)s::text IS NULL OR reported_status = %(status)s::text)
   AND (%(after_starts_at)s::timestamptz IS NULL
        OR (starts_at, id) > (%(after_starts_at)s::timestamptz, %(after_id)s::uuid))
 ORDER BY starts_at, id
 LIMIT %(limit)s;
-
--- name: lock_pending_holds_of_event
--- Reservations before the event row: the lock order every writer but CreateHold follows.
-SELECT * FROM reservations
-WHERE event_id = %(event_id)s AND status = 'PENDING'
-ORDER BY id
-FOR UPDATE;

@@ -3,8 +3,8 @@
 SELECT *, clock_timestamp() AS db_now FROM events WHERE id = %(id)s FOR UPDATE;
 
 -- name: lock_lapsed_holds_of_event
--- SKIP LOCKED: a hold the expirer (or a confirm) has locked is theirs to settle; waiting on it
--- while holding the event row could deadlock.
+-- CreateHold holds the event row here, against the lock order (reservations first), so it never
+-- waits on a reservation: SKIP LOCKED leaves a hold the expirer (or a confirm) has locked to them.
 SELECT * FROM reservations
 WHERE event_id = %(event_id)s AND status = 'PENDING' AND expires_at <= %(now)s
 ORDER BY expires_at
@@ -29,7 +29,7 @@ FROM unnest(%(ids)s::uuid[], %(quantities)s::int[], %(ticket_types)s::text[],
 UPDATE reservations
 SET status = %(status)s, updated_at = %(updated_at)s, payment_reference = %(payment_reference)s,
     provider_order_id = %(provider_order_id)s, virtual_account_number = %(virtual_account_number)s,
-    qr_code = %(qr_code)s, qr_code_url = %(qr_code_url)s
+    qr_code = %(qr_code)s, qr_code_url = %(qr_code_url)s, refund_reason = %(refund_reason)s
 WHERE id = %(id)s;
 
 -- name: update_event_counters
