@@ -1,15 +1,13 @@
-"""The reservation server as operators see it: health, reflection, settings from the environment."""
+"""The reservation server as operators see it: health and reflection. (Its settings are read by
+pure code, tested in tests/unit/test_reservation_settings.py.)"""
 
 from __future__ import annotations
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from reservation_service.settings import Settings
-from slotlock.errors import InvalidRequest
-from tests.integration.conftest import StartReservation
+from tests.support import StartReservation
 
 
 async def test_health_and_reflection(start_reservation: StartReservation) -> None:
@@ -25,22 +23,3 @@ async def test_health_and_reflection(start_reservation: StartReservation) -> Non
         names = {s.name for s in replies[0].list_services_response.service}
         assert "slotlock.v1.ReservationService" in names
         assert "grpc.health.v1.Health" in names
-
-
-def test_settings_from_environment() -> None:
-    settings = Settings.from_env(
-        {
-            "SLOTLOCK_HOLD_TTL_S": "1.5",
-            "SLOTLOCK_RESERVATION_PORT": "6000",
-            "SLOTLOCK_RUN_RELAY": "no",
-        }
-    )
-    assert (settings.hold_ttl_s, settings.port, settings.run_relay) == (1.5, 6000, False)
-    assert Settings.from_env({}).hold_ttl_s == 300
-    for env, words in (
-        ({"SLOTLOCK_HOLD_TTL_S": "soon"}, "not a number"),
-        ({"SLOTLOCK_RESERVATION_PORT": "70000"}, "between"),
-        ({"SLOTLOCK_RUN_EXPIRER": "maybe"}, "true or false"),
-    ):
-        with pytest.raises(InvalidRequest, match=words):
-            Settings.from_env(env)
