@@ -48,6 +48,10 @@ class HoldBatcher:
                     continue
                 try:
                     outcomes = await self._place_batch(event_id, [r for r, _ in batch])
+                except asyncio.CancelledError:  # closing mid-batch: its callers hear it too
+                    for _, future in batch:
+                        future.cancel()
+                    raise
                 except Exception as error:  # the whole batch failed: each caller hears why
                     for _, future in batch:
                         if not future.done():
@@ -58,13 +62,9 @@ class HoldBatcher:
                         future.set_result(outcome)
         finally:
             del self._workers[event_id]
-            if not queue:
-                self._queues.pop(event_id, None)
-            else:  # cancelled mid-way (closing): the callers still queued hear it
-                for _, future in queue:
-                    if not future.done():
-                        future.cancel()
-                self._queues.pop(event_id, None)
+            for _, future in queue:  # cancelled mid-way (closing): those still queued hear it
+                future.cancel()
+            self._queues.pop(event_id, None)
 
     async def close(self) -> None:
         workers = list(self._workers.values())

@@ -70,8 +70,6 @@ def test_place_hold_takes_seats_and_bumps_version() -> None:
             errors.TicketTypeDisabled,
             "experience",
         ),
-        (make_event(), request(0), errors.InvalidField, "at least 1"),
-        (make_event(), request(11), errors.InvalidField, "at most 10"),
     ],
 )
 def test_place_hold_refusals(
@@ -79,6 +77,19 @@ def test_place_hold_refusals(
 ) -> None:
     with pytest.raises(error, match=words):
         holds.place_hold(event, req, POLICY, NOW, "r1")
+
+
+@pytest.mark.parametrize(
+    ("req", "error", "words"),
+    [
+        (request(0), errors.InvalidField, "at least 1"),
+        (request(11), errors.InvalidField, "at most 10"),
+    ],
+)
+def test_hold_request_refusals(req: HoldRequest, error: type[Exception], words: str) -> None:
+    """Judged on the request alone, before it joins a batch (place_hold trusts it)."""
+    with pytest.raises(error, match=words):
+        holds.validate_hold_request(req, POLICY)
 
 
 def test_confirm_is_idempotent_and_refused_after_expiry() -> None:

@@ -1,0 +1,145 @@
+"""Group commit (HoldBatcher) on the in-memory store: concurrent holds on one event share one
+store call, a caller that gave up takes no seats, and a failed batch fails each of its callers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import date, time, timedelta
+
+import pytest
+
+from reservation_service import errors
+from reservation_service.batching import HoldBatcher
+from reservation_service.errors import DatabaseUnavailable
+from reservation_service.holds import (
+    Event,
+    EventSpec,
+    HoldOutcome,
+    HoldPolicy,
+    HoldRequest,
+    Money,
+    Reservation,
+    TicketType,
+)
+from tests.unit.fake_store import FakeStore
+
+POLICY = HoldPolicy(ttl=timedelta(minutes=5), max_seats_per_hold=10)
+
+
+async def new_event(store: FakeStore, capacity: int = 100) -> Event:
+    spec = EventSpec(
+        code="DS-1",
+        experience_title="Dinner",
+        local_date=date(2026, 12, 24),
+        local_start_time=time(19, 0),
+        time_zone="Asia/Ho_Chi_Minh",
+        capacity=capacity,
+        status=None,
+        experience_only_enabled=False,
+        dinner_price=Money(1, "VND"),
+        experience_only_price=Money(1, "VND"),
+    )
+    return await store.upsert_event(spec)
+
+
+def batcher_on(store: FakeStore, max_batch: int = 256) -> HoldBatcher:
+    async def place_batch(event_id: str, requests: Sequence[HoldRequest]) -> list[HoldOutcome]:
+        return await store.create_holds(event_id, requests, POLICY)
+
+    return HoldBatcher(place_batch, max_batch=max_batch)
+
+
+async def let_tasks_run() -> None:
+    """A few turns of the loop: enough for queued tasks to reach their next await."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def request(event: Event, quantity: int = 1, ref: str = "c") -> HoldRequest:
+    return HoldRequest(event.id, quantity, TicketType.DINNER, ref, None)
+
+
+async def test_concurrent_holds_share_one_store_call() -> None:
+    store = FakeStore()
+    event = await new_event(store)
+    batcher = batcher_on(store)
+    outcomes = await asyncio.gather(
+        *(batcher.place(request(event, ref=f"c{n}")) for n in range(20))
+    )
+    assert len(store.batches) == 1 and len(store.batches[0]) == 20
+    assert all(isinstance(o, Reservation) for o in outcomes)
+    # Each caller gets its own outcome, in the order it asked.
+    assert [o.customer_ref for o in outcomes if isinstance(o, Reservation)] == [
+        f"c{n}" for n in range(20)
+    ]
+    assert store.paid_and_pending(event.id) == (0, 20)
+
+
+async def test_holds_queued_behind_a_running_batch_form_the_next_one() -> None:
+    store = FakeStore()
+    event = await new_event(store)
+    store.gate = asyncio.Event()
+    batcher = batcher_on(store, max_batch=4)
+    first = asyncio.create_task(batcher.place(request(event)))
+    await let_tasks_run()  # the first batch starts and waits at the gate
+    assert [len(b) for b in store.batches] == [1]
+    queued = [asyncio.create_task(batcher.place(request(event))) for _ in range(6)]
+    await let_tasks_run()
+    store.gate.set()
+    await asyncio.gather(first, *queued)
+    assert [len(b) for b in store.batches] == [1, 4, 2]  # max_batch caps a batch
+
+
+async def test_each_caller_hears_its_own_refusal() -> None:
+    store = FakeStore()
+    event = await new_event(store, capacity=3)
+    batcher = batcher_on(store)
+    outcomes = await asyncio.gather(*(batcher.place(request(event, 2)) for _ in range(3)))
+    assert isinstance(outcomes[0], Reservation)
+    assert all(isinstance(o, errors.NotEnoughSeats) for o in outcomes[1:])
+    assert store.paid_and_pending(event.id) == (0, 2)
+
+
+async def test_a_caller_that_gave_up_takes_no_seats() -> None:
+    store = FakeStore()
+    event = await new_event(store)
+    store.gate = asyncio.Event()
+    batcher = batcher_on(store)
+    first = asyncio.create_task(batcher.place(request(event, 1)))
+    await let_tasks_run()
+    gave_up = asyncio.create_task(batcher.place(request(event, 5)))
+    await let_tasks_run()
+    gave_up.cancel()  # its deadline passed while it queued
+    store.gate.set()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await gave_up
+    await let_tasks_run()
+    assert [len(b) for b in store.batches] == [1]
+    assert store.paid_and_pending(event.id) == (0, 1)
+
+
+async def test_a_failed_batch_fails_every_caller_in_it_and_the_next_batch_runs() -> None:
+    store = FakeStore()
+    event = await new_event(store)
+    batcher = batcher_on(store)
+    store.fail_next("create_holds", DatabaseUnavailable("test"))
+    outcomes = await asyncio.gather(
+        *(batcher.place(request(event)) for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(o, DatabaseUnavailable) for o in outcomes)
+    assert store.paid_and_pending(event.id) == (0, 0)
+    assert isinstance(await batcher.place(request(event)), Reservation)
+
+
+async def test_closing_tells_queued_callers() -> None:
+    store = FakeStore()
+    event = await new_event(store)
+    store.gate = asyncio.Event()
+    batcher = batcher_on(store)
+    waiting = [asyncio.create_task(batcher.place(request(event))) for _ in range(3)]
+    await let_tasks_run()
+    await batcher.close()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)

@@ -1,0 +1,148 @@
+"""The expirer on the in-memory store, with a fake clock and a fake sleep: it sleeps until the
+earliest deadline, wakes early for a nearer one, and keeps running after a failed pass."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import date, time, timedelta
+
+import pytest
+
+from reservation_service.expiry import Expirer
+from reservation_service.holds import EventSpec, HoldPolicy, HoldRequest, Money, TicketType
+from tests.unit.fake_store import START, FakeStore
+
+RECHECK_S = 60.0
+
+
+@dataclass
+class Sleeper:
+    """Stands in for the expirer's sleep: records each nap and returns when the expirer is woken
+    or when the test says the time has passed (``ring``)."""
+
+    naps: list[float] = field(default_factory=list)
+    new_nap: asyncio.Event = field(default_factory=asyncio.Event)
+    alarm: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, wake: asyncio.Event, timeout: float) -> None:
+        self.naps.append(timeout)
+        self.new_nap.set()
+        waits = [asyncio.create_task(wake.wait()), asyncio.create_task(self.alarm.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            self.alarm.clear()
+
+    async def next_nap(self) -> float:
+        """The length of the expirer's next sleep, once it has fallen asleep."""
+        await asyncio.wait_for(self.new_nap.wait(), timeout=1.0)
+        self.new_nap.clear()
+        return self.naps[-1]
+
+    def ring(self) -> None:
+        self.alarm.set()
+
+
+@dataclass
+class Running:
+    store: FakeStore
+    expirer: Expirer
+    sleeper: Sleeper
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    store = FakeStore()
+    sleeper = Sleeper()
+    expirer = Expirer(
+        store, recheck_s=RECHECK_S, clock=lambda: store.now.timestamp(), sleep=sleeper
+    )
+    task = asyncio.create_task(expirer.run())
+    yield Running(store, expirer, sleeper)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def place(store: FakeStore, ttl_s: float) -> None:
+    if not store.events:
+        await store.upsert_event(
+            EventSpec(
+                code="DS-1",
+                experience_title="Dinner",
+                local_date=date(2026, 12, 24),
+                local_start_time=time(19, 0),
+                time_zone="Asia/Ho_Chi_Minh",
+                capacity=100,
+                status=None,
+                experience_only_enabled=False,
+                dinner_price=Money(1, "VND"),
+                experience_only_price=Money(1, "VND"),
+            )
+        )
+    event_id = next(iter(store.events))
+    policy = HoldPolicy(ttl=timedelta(seconds=ttl_s))
+    request = HoldRequest(event_id, 1, TicketType.DINNER, "c", None)
+    await store.create_holds(event_id, [request], policy)
+
+
+async def test_sleeps_until_the_earliest_deadline(running: Running) -> None:
+    assert await running.sleeper.next_nap() == pytest.approx(RECHECK_S, abs=0.01)  # nothing due
+    await place(running.store, ttl_s=5)
+    await place(running.store, ttl_s=9)
+    running.sleeper.ring()
+    assert await running.sleeper.next_nap() == pytest.approx(5.0, abs=0.01)
+    running.store.now = START + timedelta(seconds=5)
+    running.sleeper.ring()
+    assert await running.sleeper.next_nap() == pytest.approx(4.0, abs=0.01)
+    assert [r.status.value for r in running.store.reservations.values()] == [
+        "EXPIRED",
+        "PENDING",
+    ]
+
+
+async def test_a_nearer_deadline_wakes_it_early_and_a_later_one_does_not(
+    running: Running,
+) -> None:
+    await running.sleeper.next_nap()
+    await place(running.store, ttl_s=30)
+    running.sleeper.ring()
+    assert await running.sleeper.next_nap() == pytest.approx(30.0, abs=0.01)
+    passes = running.store.calls["expire_due_holds"]
+    running.expirer.notice_expiry(START + timedelta(seconds=40))
+    await asyncio.sleep(0.005)
+    assert running.store.calls["expire_due_holds"] == passes  # still asleep
+    await place(running.store, ttl_s=3)
+    running.expirer.notice_expiry(START + timedelta(seconds=3))
+    assert await running.sleeper.next_nap() == pytest.approx(3.0, abs=0.01)
+    assert running.store.calls["expire_due_holds"] == passes + 1
+
+
+async def test_keeps_running_after_a_failed_pass(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    await running.sleeper.next_nap()
+    await place(running.store, ttl_s=2)
+    running.store.fail_next("expire_due_holds", RuntimeError("a bug"))
+    running.sleeper.ring()
+    assert await running.sleeper.next_nap() == pytest.approx(1.0, abs=0.01)  # retry soon
+    assert "pass failed" in caplog.text
+    running.store.now = START + timedelta(seconds=2)
+    running.sleeper.ring()
+    assert await running.sleeper.next_nap() == pytest.approx(RECHECK_S, abs=0.01)
+    assert [r.status.value for r in running.store.reservations.values()] == ["EXPIRED"]
+
+
+async def test_expire_now_releases_every_due_hold_in_batches() -> None:
+    store = FakeStore()
+    for _ in range(7):
+        await place(store, ttl_s=1)
+    store.now = START + timedelta(seconds=1)
+    result = await Expirer(store, batch=3).expire_now()
+    assert (result.released, result.checked) == (7, 7)
+    assert store.calls["expire_due_holds"] == 3  # 3 + 3 + 1
