@@ -14,7 +14,8 @@ import pytest
 
 from slotlock.v1 import catalog_pb2, reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
-from tests.integration.helpers import event_request
+from slotlock_cli.builders import event_request
+from tests.support import StartReservation
 
 Stub = ReservationServiceStub
 PENDING = catalog_pb2.RESERVATION_STATUS_PENDING
@@ -292,3 +293,99 @@ async def test_lists_page_through_events_and_reservations(reservation: Stub) -> 
     )
     assert [r.id for r in listed.reservations] + [r.id for r in rest.reservations] == made
     assert rest.next_page_token == ""
+
+
+async def test_list_events_filters_on_the_status_a_listing_shows(reservation: Stub) -> None:
+    """A scheduled event with no seat left reads SOLD_OUT: filtering by SCHEDULED must leave it
+    out and filtering by SOLD_OUT must bring it, as the status each listed event shows."""
+    day = (date.today() + timedelta(days=40)).isoformat()
+    full = await reservation.UpsertEvent(event_request("FILTER-FULL", capacity=2, local_date=day))
+    await hold(reservation, full.id, 2)
+    await reservation.UpsertEvent(event_request("FILTER-OPEN", capacity=5, local_date=day))
+    await reservation.UpsertEvent(
+        event_request("FILTER-CLOSED", local_date=day, status=catalog_pb2.EVENT_STATUS_SOLD_OUT)
+    )
+    await reservation.UpsertEvent(
+        event_request("FILTER-OFF", local_date=day, status=catalog_pb2.EVENT_STATUS_CANCELLED)
+    )
+    expected = {
+        catalog_pb2.EVENT_STATUS_SCHEDULED: ["FILTER-OPEN"],
+        catalog_pb2.EVENT_STATUS_SOLD_OUT: ["FILTER-CLOSED", "FILTER-FULL"],
+        catalog_pb2.EVENT_STATUS_CANCELLED: ["FILTER-OFF"],
+    }
+    for status, codes in expected.items():
+        listed = await reservation.ListEvents(
+            reservation_pb2.ListEventsRequest(from_date=day, to_date=day, status=status)
+        )
+        assert sorted(e.code for e in listed.events) == codes
+        assert {e.status for e in listed.events} == {status}
+
+
+async def test_refund_reason_is_kept(reservation: Stub, database_url: str) -> None:
+    event = await reservation.UpsertEvent(event_request("REFUND-WHY", capacity=3))
+    created = await hold(reservation, event.id, 1)
+    await reservation.ConfirmHold(
+        reservation_pb2.ConfirmHoldRequest(
+            reservation_id=created.reservation.id,
+            hold_token=created.hold_token,
+            payment_reference="pay-why",
+        )
+    )
+    await reservation.RefundReservation(
+        reservation_pb2.RefundReservationRequest(
+            reservation_id=created.reservation.id, reason="guest fell ill"
+        )
+    )
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT status, refund_reason FROM reservations WHERE id = %s",
+            (created.reservation.id,),
+        ).fetchone()
+    assert row == ("REFUNDED", "guest fell ill")
+
+
+async def test_cancelling_during_confirms_and_releases_takes_locks_in_one_order(
+    start_reservation: StartReservation,
+) -> None:
+    """Cancel an event while its holds are being confirmed and released: every writer takes the
+    hold's row before its event's row, so Postgres never has to break a deadlock (which costs a
+    second, deadlock_timeout, and a retry) and the counters add up."""
+    server = await start_reservation()
+    assert server.store is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = Stub(channel)
+        for round_ in range(3):
+            code = f"LOCKS-{round_}"
+            event = await stub.UpsertEvent(event_request(code, capacity=60))
+            made = [await hold(stub, event.id, 1) for _ in range(40)]
+
+            async def settle(n: int, created: reservation_pb2.CreateHoldResponse) -> None:
+                ids = {"reservation_id": created.reservation.id, "hold_token": created.hold_token}
+                try:
+                    if n % 2:
+                        await stub.ConfirmHold(
+                            reservation_pb2.ConfirmHoldRequest(**ids, payment_reference=f"p{n}")
+                        )
+                    else:
+                        await stub.ReleaseHold(reservation_pb2.ReleaseHoldRequest(**ids))
+                except grpc.aio.AioRpcError as error:  # the cancellation released it first
+                    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+
+            async def cancel(code: str) -> catalog_pb2.Event:
+                await asyncio.sleep(0.005)  # land among the settlements
+                reply: catalog_pb2.Event = await stub.UpsertEvent(
+                    event_request(code, capacity=60, status=catalog_pb2.EVENT_STATUS_CANCELLED)
+                )
+                return reply
+
+            cancelling = asyncio.create_task(cancel(code))
+            await asyncio.gather(*(settle(n, created) for n, created in enumerate(made)))
+            cancelled = await cancelling
+            assert cancelled.status == catalog_pb2.EVENT_STATUS_CANCELLED
+            final = await stub.GetEvent(reservation_pb2.GetEventRequest(event_id=event.id))
+            listed = await stub.ListReservations(
+                reservation_pb2.ListReservationsRequest(event_id=event.id, page_size=100)
+            )
+            assert final.pending == 0
+            assert final.paid == sum(r.quantity for r in listed.reservations if r.status == PAID)
+    assert server.store.db.retries["DeadlockDetected"] == 0, server.store.db.retries

@@ -46,3 +46,29 @@ def test_migrations_build_the_expected_schema_and_are_idempotent(database_url: s
         "qr_code_url",
         "payment_reference",
     } <= columns
+
+
+def test_migration_0002_keeps_refund_reasons_and_the_reported_status(database_url: str) -> None:
+    """A scheduled event with no seat left reads SOLD_OUT in the database as in holds.Event."""
+    with psycopg.connect(database_url) as conn:
+        columns = {
+            (r[0], r[1])
+            for r in conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = 'public'"
+            )
+        }
+        assert {("reservations", "refund_reason"), ("events", "reported_status")} <= columns
+        conn.execute(
+            "INSERT INTO events (id, code, experience_title, local_date, local_start_time,"
+            " time_zone, starts_at, capacity, paid, pending, status, currency, dinner_price,"
+            " experience_only_price) VALUES"
+            " (gen_random_uuid(), 'FULL', 't', '2030-01-01', '19:00', 'UTC', now(), 2, 1, 1,"
+            "  'SCHEDULED', 'VND', 1, 1),"
+            " (gen_random_uuid(), 'OPEN', 't', '2030-01-01', '19:00', 'UTC', now(), 3, 1, 1,"
+            "  'SCHEDULED', 'VND', 1, 1),"
+            " (gen_random_uuid(), 'OFF', 't', '2030-01-01', '19:00', 'UTC', now(), 0, 0, 0,"
+            "  'CANCELLED', 'VND', 1, 1)"
+        )
+        reported = dict(conn.execute("SELECT code, reported_status FROM events").fetchall())
+    assert reported == {"FULL": "SOLD_OUT", "OPEN": "SCHEDULED", "OFF": "CANCELLED"}
