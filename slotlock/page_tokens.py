@@ -27,8 +27,13 @@ def scope_of(*parts: object) -> str:
 
 
 def encode(values: Sequence[str], scope: str) -> str:
-    raw = json.dumps({"a": list(values), "s": scope}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    """A token for the page after ``values``. UTF-8 rather than JSON escapes keeps tokens short:
+    a sort key of the longest event code still fits the contract's page_token bound."""
+    raw = json.dumps({"a": list(values), "s": scope}, separators=(",", ":"), ensure_ascii=False)
+    token = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise ValueError(f"a page token of {len(token)} characters: sort keys are too long")
+    return token
 
 
 def decode(token: str, scope: str, field: str = "page_token") -> tuple[str, ...] | None:

@@ -12,8 +12,14 @@ from slotlock import page_tokens
 from slotlock.errors import InvalidRequest
 
 
-@given(st.lists(st.text(), max_size=5), st.text())
-def test_round_trip(values: list[str], filters: str) -> None:
+# The longest sort keys issued: a date, a time, an event code (at most 100 characters), an id.
+SORT_KEYS = st.tuples(
+    st.text(max_size=10), st.text(max_size=8), st.text(max_size=100), st.text(max_size=36)
+)
+
+
+@given(SORT_KEYS, st.text())
+def test_round_trip(values: tuple[str, ...], filters: str) -> None:
     scope = page_tokens.scope_of(filters)
     assert page_tokens.decode(page_tokens.encode(values, scope), scope) == tuple(values)
 
