@@ -15,7 +15,7 @@ from availability_service.settings import Settings as AvailabilitySettings
 from slotlock.feed import Feed
 from slotlock.v1 import availability_pb2, reservation_pb2
 from slotlock_cli.devstack import DevStack
-from tests.integration.conftest import StartReservation
+from tests.support import StartReservation
 
 # A truncated length and plain garbage are undecodable as any message; bad UTF-8 is, where
 # field 1 is a string.
