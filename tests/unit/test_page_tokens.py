@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from slotlock import page_tokens
 from slotlock.errors import InvalidRequest
 
-
 # The longest sort keys issued: a date, a time, an event code (at most 100 characters), an id.
 SORT_KEYS = st.tuples(
     st.text(max_size=10), st.text(max_size=8), st.text(max_size=100), st.text(max_size=36)
