@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
 from slotlock.errors import InvalidRequest
@@ -129,3 +129,32 @@ def _collect_unbounded(descriptor: Descriptor, visited: dict[str, bool], found: 
         inner = field.message_type
         if rule.is_message and inner is not None and inner.file.package == "slotlock.v1":
             _collect_unbounded(inner, visited, found)
+
+
+def markdown_table(services: list[ServiceDescriptor]) -> str:
+    """The bounds of every request field of ``services``, as the README lists them."""
+    lines = ["| field | at most |", "|---|---|"]
+    visited: set[str] = set()
+
+    def walk(descriptor: Descriptor) -> None:
+        if descriptor.full_name in visited:
+            return
+        visited.add(descriptor.full_name)
+        for field in descriptor.fields:
+            limits = bounds_of(field)
+            parts = []
+            if limits.max_items:
+                parts.append(f"{limits.max_items:,} entries")
+            if limits.max_length:
+                each = " each" if limits.max_items else ""
+                parts.append(f"{limits.max_length:,} characters{each}")
+            if parts:
+                lines.append(f"| `{descriptor.name}.{field.name}` | {', '.join(parts)} |")
+            inner = field.message_type
+            if inner is not None and inner.file.package == "slotlock.v1" and not is_map(field):
+                walk(inner)
+
+    for service in services:
+        for method in service.methods:
+            walk(method.input_type)
+    return "\n".join(lines) + "\n"
