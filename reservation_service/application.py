@@ -37,7 +37,10 @@ from slotlock import page_tokens
 from slotlock.errors import SlotlockError
 
 DEFAULT_PAGE = 50
-MAX_PAGE = 500
+MAX_EVENTS_PAGE = 500
+# The contract's bound: 200 reservations with every field at its longest stay far below gRPC's
+# 4 MiB message limit.
+MAX_RESERVATIONS_PAGE = 200
 
 T = TypeVar("T")
 
@@ -134,7 +137,7 @@ class Reservations:
         if from_date and to_date and from_date > to_date:
             raise errors.InvalidField("to_date", "must not be before from_date")
         scope = page_tokens.scope_of("events", from_date, to_date, status)
-        limit, after = _page(page_size, page_token, scope)
+        limit, after = _page(page_size, MAX_EVENTS_PAGE, page_token, scope)
         events = await self._store.list_events(
             from_date=from_date, to_date=to_date, status=status, after=after, limit=limit + 1
         )
@@ -200,7 +203,7 @@ class Reservations:
     ) -> tuple[list[Reservation], str]:
         """A page of reservations by creation time, and the token of the next page."""
         scope = page_tokens.scope_of("reservations", event_id, status)
-        limit, after = _page(page_size, page_token, scope)
+        limit, after = _page(page_size, MAX_RESERVATIONS_PAGE, page_token, scope)
         found = await self._store.list_reservations(
             event_id=event_id, status=status, after=after, limit=limit + 1
         )
@@ -226,11 +229,11 @@ class Reservations:
 # --- paging -------------------------------------------------------------------------------------
 
 
-def _page(page_size: int, page_token: str, scope: str) -> tuple[int, After | None]:
+def _page(page_size: int, max_page: int, page_token: str, scope: str) -> tuple[int, After | None]:
     """The page's size and where it resumes, decoded into typed values for the query."""
     if page_size < 0:
         raise errors.InvalidField("page_size", "must be 0 (default) or more")
-    limit = min(page_size or DEFAULT_PAGE, MAX_PAGE)
+    limit = min(page_size or DEFAULT_PAGE, max_page)
     values = page_tokens.decode(page_token, scope)
     if values is None:
         return limit, None

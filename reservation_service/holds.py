@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, replace
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -218,6 +218,7 @@ def validate_event_spec(spec: EventSpec) -> None:
         raise errors.InvalidField(
             "time_zone", f"unknown time zone {spec.time_zone!r}, e.g. Asia/Ho_Chi_Minh"
         ) from error
+    _require_representable_start(spec)
     for name, money in (
         ("dinner_price", spec.dinner_price),
         ("experience_only_price", spec.experience_only_price),
@@ -226,6 +227,27 @@ def validate_event_spec(spec: EventSpec) -> None:
             raise errors.InvalidField(name, "amount must be 0 or more")
     if spec.dinner_price.currency != spec.experience_only_price.currency:
         raise errors.InvalidField("experience_only_price", "currency must match dinner_price")
+
+
+# The instants an event may start at, in UTC: a day inside what datetime (and a protobuf
+# Timestamp) can hold, so that the start can be shown in any time zone (offsets stay within a day).
+EARLIEST_START = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_START = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def _require_representable_start(spec: EventSpec) -> None:
+    when = f"{spec.local_date.isoformat()} {spec.local_start_time.strftime('%H:%M')}"
+    refused = errors.InvalidField(
+        "local_date",
+        f"{when} in {spec.time_zone} is outside the supported range "
+        f"(a start between {EARLIEST_START:%Y-%m-%d} and {LATEST_START:%Y-%m-%d} in UTC)",
+    )
+    try:
+        starts_at = spec.starts_at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise refused from None
+    if not EARLIEST_START <= starts_at < LATEST_START:
+        raise refused
 
 
 # --- event changes ----------------------------------------------------------------------------
@@ -437,5 +459,7 @@ class HoldTokens:
             raise errors.InvalidField("hold_token", "is required (returned by CreateHold)")
 
     def check(self, reservation_id: str, token: str) -> None:
-        if not hmac.compare_digest(self.token_for(reservation_id), token):
+        # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not a "no").
+        expected = self.token_for(reservation_id).encode()
+        if not hmac.compare_digest(expected, token.encode("utf-8", "surrogatepass")):
             raise errors.WrongHoldToken()

@@ -137,6 +137,52 @@ def test_hold_tokens() -> None:
     assert HoldTokens(b"other").token_for("r1") != tokens.token_for("r1")
 
 
+@pytest.mark.parametrize("token", ["é" * 64, "\ud800", "\x00", "\U0001f600" * 16])
+def test_any_string_is_a_wrong_token_not_a_crash(token: str) -> None:
+    with pytest.raises(errors.WrongHoldToken):
+        HoldTokens(b"s").check("r1", token)
+
+
+def spec_starting(local_date: date, start: time, zone: str) -> holds.EventSpec:
+    return holds.EventSpec(
+        code="DS-1",
+        experience_title="Dinner",
+        local_date=local_date,
+        local_start_time=start,
+        time_zone=zone,
+        capacity=10,
+        status=None,
+        experience_only_enabled=False,
+        dinner_price=Money(1, "VND"),
+        experience_only_price=Money(1, "VND"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("local_date", "start", "zone", "accepted"),
+    [
+        (date(1, 1, 1), time(0, 0), "Pacific/Kiritimati", False),  # the day before year 1 in UTC
+        (date(1, 1, 1), time(23, 0), "UTC", False),  # a day's margin for other time zones
+        (date(1, 1, 2), time(0, 0), "UTC", True),
+        (date(9999, 12, 31), time(19, 0), "Etc/GMT+12", False),  # year 10000 in UTC
+        (date(9999, 12, 30), time(23, 59), "UTC", True),
+        (date(9999, 12, 30), time(12, 0), "Etc/GMT+12", False),
+        (date(2026, 12, 24), time(19, 0), "Asia/Ho_Chi_Minh", True),
+    ],
+)
+def test_event_starts_must_be_representable_in_any_time_zone(
+    local_date: date, start: time, zone: str, accepted: bool
+) -> None:
+    spec = spec_starting(local_date, start, zone)
+    if accepted:
+        holds.validate_event_spec(spec)
+    else:
+        with pytest.raises(
+            errors.InvalidField, match=r"local_date: .* outside the supported range"
+        ):
+            holds.validate_event_spec(spec)
+
+
 def apply(
     op: str, event: Event, target: holds.Reservation, now: datetime
 ) -> tuple[Event, holds.Reservation, holds.Change] | None:
