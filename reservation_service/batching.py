@@ -3,15 +3,26 @@
 Holds on a hot event serialize on its row lock anyway; taking the lock once for every request
 that queued up while the previous transaction ran turns N commits into one, which is how the
 service gets past the one-commit-per-hold limit of the raw database.
+
+A buyer's hold never fails because of another buyer's request. Refusals by the rules are each
+request's own outcome already; but when the whole transaction fails for a reason that may be tied
+to one request (a statement Postgres rejects, a bug on odd input), the batch is split in halves
+and each half placed again, in order, until the request it belongs to fails alone: a few more
+transactions, and only on that rare path. An outage (``Unavailable``: the database layer has
+already retried it) or a missing event concerns every request alike and fails the batch whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from reservation_service.holds import HoldOutcome, HoldRequest
+from slotlock.errors import NotFound, Unavailable
+
+log = logging.getLogger(__name__)
 
 Waiting = tuple[HoldRequest, "asyncio.Future[HoldOutcome]"]
 # Places one batch of holds on one event in one transaction: one outcome per request, in order.
@@ -28,7 +39,8 @@ class HoldBatcher:
     async def place(self, request: HoldRequest) -> HoldOutcome:
         """Queue ``request`` behind its event's running transaction, if any, and await its own
         outcome. A caller that gives up (deadline, cancel) before its batch starts takes no
-        seats."""
+        seats; one whose ``request.deadline`` passes while its batch waits for the database is
+        left out by the store just before it writes (see ``ReservationStore.create_holds``)."""
         future: asyncio.Future[HoldOutcome] = asyncio.get_running_loop().create_future()
         self._queues[request.event_id].append((request, future))
         if request.event_id not in self._workers:
@@ -44,27 +56,47 @@ class HoldBatcher:
                     waiting = queue.popleft()
                     if not waiting[1].done():  # skip callers that already gave up
                         batch.append(waiting)
-                if not batch:
-                    continue
-                try:
-                    outcomes = await self._place_batch(event_id, [r for r, _ in batch])
-                except asyncio.CancelledError:  # closing mid-batch: its callers hear it too
-                    for _, future in batch:
-                        future.cancel()
-                    raise
-                except Exception as error:  # the whole batch failed: each caller hears why
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if not future.done():
-                        future.set_result(outcome)
+                if batch:
+                    await self._settle(event_id, batch)
         finally:
             del self._workers[event_id]
             for _, future in queue:  # cancelled mid-way (closing): those still queued hear it
                 future.cancel()
             self._queues.pop(event_id, None)
+
+    async def _settle(self, event_id: str, batch: list[Waiting]) -> None:
+        """Place ``batch`` and give each caller its outcome; split it when its transaction fails
+        for a reason that may belong to one of its requests (see the module's docstring)."""
+        batch = [waiting for waiting in batch if not waiting[1].done()]  # some may have gone
+        if not batch:
+            return
+        try:
+            outcomes = await self._place_batch(event_id, [r for r, _ in batch])
+        except asyncio.CancelledError:  # closing mid-batch: its callers hear it too
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as error:
+            if len(batch) > 1 and not isinstance(error, Unavailable | NotFound):
+                log.info(
+                    "a batch of %d holds on event %s failed (%s: %s); splitting it to find the "
+                    "request it belongs to",
+                    len(batch),
+                    event_id,
+                    type(error).__name__,
+                    error,
+                )
+                half = len(batch) // 2
+                await self._settle(event_id, batch[:half])
+                await self._settle(event_id, batch[half:])
+                return
+            for _, future in batch:  # each caller of this batch hears why it failed
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
 
     async def close(self) -> None:
         workers = list(self._workers.values())

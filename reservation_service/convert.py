@@ -182,13 +182,17 @@ def event_spec_from_proto(request: reservation_pb2.UpsertEventRequest) -> EventS
     )
 
 
-def hold_request_from_proto(request: reservation_pb2.CreateHoldRequest) -> HoldRequest:
+def hold_request_from_proto(
+    request: reservation_pb2.CreateHoldRequest, deadline: float | None = None
+) -> HoldRequest:
+    """``deadline``: when the caller gives up, on the monotonic clock (None: no deadline)."""
     return HoldRequest(
         event_id=parse_uuid(request.event_id, "event_id"),
         quantity=request.quantity,
         ticket_type=ticket_type_from_proto(request.ticket_type),
         customer_ref=request.customer_ref,
         idempotency_key=request.idempotency_key or None,
+        deadline=deadline,
     )
 
 

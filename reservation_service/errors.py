@@ -6,6 +6,7 @@ from __future__ import annotations
 from slotlock.errors import (
     AlreadyExists,
     Conflict,
+    DeadlineExceeded,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -78,6 +79,14 @@ class IdempotencyKeyReused(AlreadyExists):
         super().__init__(
             "this idempotency key was already used for a different request; "
             "use a new key for a new hold"
+        )
+
+
+class DeadlinePassed(DeadlineExceeded):
+    def __init__(self) -> None:
+        super().__init__(
+            "the deadline passed before the hold was written; no seats were taken "
+            "(a retry with the same idempotency key is safe)"
         )
 
 

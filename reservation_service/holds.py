@@ -124,6 +124,9 @@ class HoldRequest:
     ticket_type: TicketType
     customer_ref: str
     idempotency_key: str | None
+    # When the caller gives up, on this process's monotonic clock (None: never). Not part of the
+    # request's identity (the fingerprint): a retry comes with a deadline of its own.
+    deadline: float | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -333,6 +336,11 @@ def place_hold(
     )
     updated = replace(event, pending=event.pending + request.quantity, version=event.version + 1)
     return updated, reservation, Change(ChangeType.HOLD_CREATED, updated, reservation, now)
+
+
+def has_given_up(request: HoldRequest, monotonic_now: float) -> bool:
+    """Whether the caller's deadline has passed: its hold must not be written."""
+    return request.deadline is not None and request.deadline <= monotonic_now
 
 
 def check_retry(existing: Reservation, request: HoldRequest) -> Reservation:

@@ -4,12 +4,14 @@ codes in the server's interceptor (``slotlock.grpc_errors``), which checks reque
 
 from __future__ import annotations
 
+import time
 from typing import TypeAlias
 
 import grpc
 
 from reservation_service import convert
 from reservation_service.application import Reservations
+from slotlock import auth
 from slotlock.ids import parse_uuid
 from slotlock.v1 import catalog_pb2, reservation_pb2, reservation_pb2_grpc
 
@@ -53,7 +55,13 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
     async def CreateHold(
         self, request: reservation_pb2.CreateHoldRequest, context: Context
     ) -> reservation_pb2.CreateHoldResponse:
-        hold = await self._reservations.create_hold(convert.hold_request_from_proto(request))
+        # The caller's deadline goes with the request: a hold its caller gave up on while the
+        # batch waited is not written (see ReservationStore.create_holds).
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        hold = await self._reservations.create_hold(
+            convert.hold_request_from_proto(request, deadline)
+        )
         return reservation_pb2.CreateHoldResponse(
             reservation=convert.reservation_to_proto(hold.reservation), hold_token=hold.token
         )
@@ -91,7 +99,9 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
     ) -> catalog_pb2.Reservation:
         reservation_id = parse_uuid(request.reservation_id, "reservation_id")
         return convert.reservation_to_proto(
-            await self._reservations.get_reservation(reservation_id)
+            await self._reservations.get_reservation(
+                reservation_id, request.hold_token, auth.current_caller()
+            )
         )
 
     async def ListReservations(

@@ -10,6 +10,7 @@ waiting on them.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
@@ -145,7 +146,15 @@ class ReservationStore:
         self, event_id: str, requests: Sequence[HoldRequest], policy: HoldPolicy
     ) -> list[HoldOutcome]:
         """Place a batch of holds on one event in one transaction (group commit). Each request
-        gets its own outcome: a reservation, or the error that refused it."""
+        gets its own outcome: a reservation, or the error that refused it.
+
+        A caller whose deadline has passed by the time the event is locked and its lapsed holds
+        are released (the waits of this transaction) is left out: DeadlinePassed, no seats. What
+        remains is a window of a few milliseconds, from that check to COMMIT (the inserts, the
+        counters and the outbox row), in which a caller may still give up and find, if it
+        looks, that its hold was written. Its idempotency key is how it recovers: a retry with
+        the same key gets that hold (and its token) back instead of a second one.
+        """
 
         async def work(cur: Cursor) -> tuple[list[HoldOutcome], list[Change]]:
             await cur.execute(HOLDS["lock_event"], {"id": event_id})
@@ -166,10 +175,17 @@ class ReservationStore:
                 )
                 expired.append(reservation)
                 changes.append(change)
+            await _update_reservations(cur, expired)
             known = await _find_by_keys(cur, requests)
+            # The last moment a caller that gave up can be left out: from here to the inserts
+            # below there is no await.
+            checked_at = time.monotonic()
             outcomes: list[HoldOutcome] = []
             placed: list[Reservation] = []
             for request in requests:
+                if holds.has_given_up(request, checked_at):
+                    outcomes.append(errors.DeadlinePassed())
+                    continue
                 try:
                     key = request.idempotency_key
                     if key is not None and key in known:
@@ -186,7 +202,6 @@ class ReservationStore:
                 placed.append(reservation)
                 changes.append(change)
                 outcomes.append(reservation)
-            await _update_reservations(cur, expired)
             if placed:
                 await cur.execute(HOLDS["insert_reservations"], rows.new_holds_params(placed))
             if changes:

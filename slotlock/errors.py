@@ -37,6 +37,10 @@ class ResourceExhausted(SlotlockError):
     """A limit of this replica is reached (e.g. watchers); retry later or elsewhere."""
 
 
+class DeadlineExceeded(SlotlockError):
+    """The caller's deadline passed before the work was done; nothing was changed."""
+
+
 class Unavailable(SlotlockError):
     """A dependency (database, broker) is down; retrying later may succeed."""
 

@@ -31,6 +31,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.SlotlockError], grpc.StatusCode], ...] 
     (errors.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 

@@ -10,6 +10,7 @@ method (``fail_next``), hold batches at a gate (``gate``) and see what was asked
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -124,6 +125,9 @@ class FakeStore:
         await self._enter("create_holds")
         if event_id not in self.events:
             raise errors.EventNotFound(event_id)
+        for request in requests:  # as Postgres does: text with NUL fails the whole transaction
+            if "\x00" in request.customer_ref or "\x00" in (request.idempotency_key or ""):
+                raise errors.DatabaseFailed("DataError: PostgreSQL text fields cannot contain NUL")
         event = self.events[event_id]
         changes: list[Change] = []
         for lapsed in self._of_event(event_id, ReservationStatus.PENDING):
@@ -131,8 +135,12 @@ class FakeStore:
                 event, _, change = holds.expire_hold(event, lapsed, self.now)
                 changes.append(change)
         known = {r.idempotency_key: r for r in self.reservations.values() if r.idempotency_key}
+        checked_at = time.monotonic()
         outcomes: list[HoldOutcome] = []
         for request in requests:
+            if holds.has_given_up(request, checked_at):
+                outcomes.append(errors.DeadlinePassed())
+                continue
             try:
                 key = request.idempotency_key
                 if key is not None and key in known:

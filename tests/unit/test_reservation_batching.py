@@ -4,14 +4,16 @@ store call, a caller that gave up takes no seats, and a failed batch fails each 
 from __future__ import annotations
 
 import asyncio
+import time as clock
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date, time, timedelta
 
 import pytest
 
 from reservation_service import errors
 from reservation_service.batching import HoldBatcher
-from reservation_service.errors import DatabaseUnavailable
+from reservation_service.errors import DatabaseFailed, DatabaseUnavailable
 from reservation_service.holds import (
     Event,
     EventSpec,
@@ -143,3 +145,52 @@ async def test_closing_tells_queued_callers() -> None:
     await batcher.close()
     results = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
+
+
+async def test_a_poisoned_request_fails_alone_and_the_rest_of_its_batch_is_placed() -> None:
+    """A request that fails the whole transaction (here a NUL Postgres refuses, below the edge
+    that normally refuses it) is found by splitting the batch: it alone hears the failure."""
+    store = FakeStore()
+    event = await new_event(store)
+    batcher = batcher_on(store)
+    requests = [request(event, ref=f"c{n}") for n in range(30)]
+    requests.insert(13, request(event, 2, ref="bad\x00"))
+    outcomes = await asyncio.gather(*(batcher.place(r) for r in requests), return_exceptions=True)
+    assert isinstance(outcomes.pop(13), DatabaseFailed)
+    assert [o.customer_ref for o in outcomes if isinstance(o, Reservation)] == [
+        f"c{n}" for n in range(30)
+    ]  # every valid hold placed, in the order asked
+    assert store.paid_and_pending(event.id) == (0, 30)
+    assert len(store.batches) <= 1 + 2 * 5  # bisection: a few store calls, not one per request
+
+
+async def test_an_outage_fails_the_batch_without_splitting_it() -> None:
+    store = FakeStore()
+    event = await new_event(store)
+    batcher = batcher_on(store)
+    store.fail_next("create_holds", DatabaseUnavailable("test"))
+    outcomes = await asyncio.gather(
+        *(batcher.place(request(event)) for _ in range(8)), return_exceptions=True
+    )
+    assert all(isinstance(o, DatabaseUnavailable) for o in outcomes)
+    assert len(store.batches) == 1  # not tied to one request: splitting would only add load
+
+
+async def test_a_caller_whose_deadline_passed_while_its_batch_waited_takes_no_seats() -> None:
+    store = FakeStore()
+    event = await new_event(store)
+    store.gate = asyncio.Event()
+    batcher = batcher_on(store)
+    patient = asyncio.create_task(batcher.place(request(event, 1)))
+    hurried = replace(request(event, 5), deadline=clock.monotonic() + 0.05)
+    late = asyncio.create_task(batcher.place(hurried))
+    queued = replace(request(event, 3), deadline=clock.monotonic() - 1)  # passed already
+    await let_tasks_run()
+    assert [len(b) for b in store.batches] == [2]  # both wait at the gate in one batch
+    behind = asyncio.create_task(batcher.place(queued))
+    await asyncio.sleep(0.1)
+    store.gate.set()
+    assert isinstance(await patient, Reservation)
+    assert isinstance(await late, errors.DeadlinePassed)
+    assert isinstance(await behind, errors.DeadlinePassed)
+    assert store.paid_and_pending(event.id) == (0, 1)
