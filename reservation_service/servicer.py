@@ -11,7 +11,6 @@ import grpc
 
 from reservation_service import convert
 from reservation_service.application import Reservations
-from slotlock import auth
 from slotlock.ids import parse_uuid
 from slotlock.v1 import catalog_pb2, reservation_pb2, reservation_pb2_grpc
 
@@ -99,9 +98,7 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
     ) -> catalog_pb2.Reservation:
         reservation_id = parse_uuid(request.reservation_id, "reservation_id")
         return convert.reservation_to_proto(
-            await self._reservations.get_reservation(
-                reservation_id, request.hold_token, auth.current_caller()
-            )
+            await self._reservations.get_reservation(reservation_id)
         )
 
     async def ListReservations(
