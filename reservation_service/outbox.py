@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import nats
 import psycopg
@@ -28,6 +29,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 from reservation_service import sql
 from reservation_service.convert import event_to_proto, timestamp
 from reservation_service.db import Pool
+from reservation_service.retention import Housekeeper, Retention
 from reservation_service.rows import event_from_row
 from slotlock.feed import Feed
 from slotlock.v1 import changes_pb2
@@ -72,7 +74,7 @@ class OutboxRelay:
         poll_s: float = 1.0,
         linger_s: float = 0.005,
         ack_timeout_s: float = 5.0,
-        keep_published_s: float = 86400.0,
+        retention: Retention | None = None,
         reconcile_every_s: float = 300.0,
     ) -> None:
         self._pool = pool
@@ -84,7 +86,7 @@ class OutboxRelay:
         self._linger_s = linger_s
         self._busy_rows = 20  # a round this large means the relay is under load
         self._ack_timeout_s = ack_timeout_s
-        self._keep_published_s = keep_published_s
+        self.housekeeper = Housekeeper(pool, feed, retention or Retention())
         self._reconcile_every_s = reconcile_every_s
         self._next_reconcile = 0.0  # loop time; 0 = as soon as the outbox is drained
         self._reconcile_after = _FIRST_ID  # where the running reconciliation pass has got to
@@ -139,7 +141,7 @@ class OutboxRelay:
                     connect_timeout=2,
                 )
                 self._js = nc.jetstream(timeout=self._ack_timeout_s)
-                await self._feed.ensure_stream(self._js)
+                await self._feed.ensure_stream(self._js, apply_limits=True)
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None:  # run() connects before it relays anything
@@ -233,8 +235,10 @@ class OutboxRelay:
         self.published += len(ids)
 
     async def _purge(self) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(QUERIES["purge_published"], {"keep_s": self._keep_published_s})
+        try:
+            await self.housekeeper.run_once(self._jetstream(), datetime.now(UTC))
+        except Exception as error:  # NATS or the database went away: the next round retries
+            log.warning("outbox relay: retention pass failed: %s", error)
 
     async def _reconcile_or_retry_later(self) -> None:
         """One page of the reconciliation pass per relay round, so a large catalog never holds
@@ -263,7 +267,15 @@ class OutboxRelay:
         js = self._jetstream()
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(QUERIES["event_states"], {"after": after, "limit": limit})
+            await cur.execute(
+                QUERIES["event_states"],
+                {
+                    "after": after,
+                    "limit": limit,
+                    # Past events' subjects are purged on purpose: not a loss to repair.
+                    "started_after": self.housekeeper.retention.subject_horizon(datetime.now(UTC)),
+                },
+            )
             rows = await cur.fetchall()
         repaired = 0
         for row in rows:

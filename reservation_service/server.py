@@ -21,7 +21,11 @@ from reservation_service.application import Reservations
 from reservation_service.db import Database, Pool
 from reservation_service.expiry import Expirer
 from reservation_service.holds import HoldPolicy, HoldTokens
-from reservation_service.migrations import apply_migrations
+from reservation_service.migrations import (
+    SchemaNotCurrent,
+    apply_migrations,
+    check_schema_current,
+)
 from reservation_service.outbox import OutboxRelay
 from reservation_service.servicer import ReservationServicer
 from reservation_service.settings import INSECURE_DEV_SECRET, Settings
@@ -52,12 +56,15 @@ class ReservationServer:
             log.warning(
                 "SLOTLOCK_HOLD_TOKEN_SECRET is not set: using an insecure development secret"
             )
-        await apply_migrations(s.database_url)
+        if s.migrate_on_start:
+            await apply_migrations(s.database_url)
+        else:  # no DDL rights: `slotlock migrate` must have run
+            await check_schema_current(s.database_url)
         self.pool = pool = AsyncConnectionPool(
             s.database_url, min_size=2, max_size=s.db_pool_size, open=False, timeout=10
         )
         await pool.open(wait=True, timeout=30)
-        self.relay = OutboxRelay(pool, s.database_url, s.nats_url, s.feed)
+        self.relay = OutboxRelay(pool, s.database_url, s.nats_url, s.feed, retention=s.retention)
         self.store = ReservationStore(
             Database(pool),
             convert.change_payload,  # the store writes payloads; it does not know their format
@@ -128,7 +135,7 @@ def run_one(settings: Settings) -> None:
         asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
-    except (OSError, psycopg.OperationalError) as error:
+    except (OSError, psycopg.OperationalError, SchemaNotCurrent) as error:
         print(f"slotlock-reservation: cannot start: {error}".strip(), file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+from reservation_service.retention import Retention
 from slotlock.feed import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Feed
 from slotlock.settings import (
     NATS_SCHEMES,
@@ -38,6 +39,14 @@ class Settings:
     run_expirer: bool = True
     workers: int = 1
     log_level: str = "INFO"
+    # False: the service runs without DDL rights (`slotlock migrate` applies migrations) and
+    # refuses to start on a database that lacks one.
+    migrate_on_start: bool = True
+    # Retention (README, "Retention"); 0 means "keep forever" for the last three.
+    keep_published_outbox_s: float = 86400.0
+    stream_max_age_s: float = 0.0
+    keep_past_event_subjects_s: float = 7 * 86400.0
+    keep_finished_reservations_s: float = 0.0
 
     @property
     def hold_ttl(self) -> timedelta:
@@ -45,7 +54,17 @@ class Settings:
 
     @property
     def feed(self) -> Feed:
-        return Feed(stream=self.stream, subject_prefix=self.subject_prefix)
+        return Feed(
+            stream=self.stream, subject_prefix=self.subject_prefix, max_age_s=self.stream_max_age_s
+        )
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(
+            keep_published_outbox_s=self.keep_published_outbox_s,
+            keep_past_event_subjects_s=self.keep_past_event_subjects_s,
+            keep_finished_reservations_s=self.keep_finished_reservations_s,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -78,6 +97,17 @@ class Settings:
             run_expirer=read.flag("SLOTLOCK_RUN_EXPIRER", d.run_expirer),
             workers=read.integer("SLOTLOCK_WORKERS", d.workers, minimum=1, maximum=64),
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", d.log_level),
+            migrate_on_start=read.flag("SLOTLOCK_MIGRATE_ON_START", d.migrate_on_start),
+            keep_published_outbox_s=read.number(
+                "SLOTLOCK_OUTBOX_KEEP_PUBLISHED_S", d.keep_published_outbox_s, minimum=60
+            ),
+            stream_max_age_s=_keep_s(read, "SLOTLOCK_STREAM_MAX_AGE_S", d.stream_max_age_s),
+            keep_past_event_subjects_s=_keep_s(
+                read, "SLOTLOCK_STREAM_KEEP_PAST_EVENTS_S", d.keep_past_event_subjects_s
+            ),
+            keep_finished_reservations_s=_keep_s(
+                read, "SLOTLOCK_KEEP_FINISHED_RESERVATIONS_S", d.keep_finished_reservations_s
+            ),
         ).checked()
 
     def checked(self) -> Settings:
@@ -87,3 +117,12 @@ class Settings:
                 f"not {str(self.workers)!r} (the workers share one fixed port)"
             )
         return self
+
+
+def _keep_s(read: Reader, name: str, default: float) -> float:
+    """A retention period in seconds: 0 (keep forever), or at least an hour, so that a value
+    meant as hours or days cannot delete what was written a moment ago."""
+    value = read.number(name, default, minimum=0)
+    if 0 < value < 3600:
+        raise SettingsError(f"{name} must be 0 (keep forever) or at least 3600, not '{value:g}'")
+    return value

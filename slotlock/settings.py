@@ -27,7 +27,7 @@ PREFIX = "SLOTLOCK_"
 # Every SLOTLOCK_* variable any slotlock program reads, and who reads it. A unit test checks that
 # each service's from_env reads nothing missing here.
 KNOWN_VARIABLES: Mapping[str, str] = {
-    "SLOTLOCK_DATABASE_URL": "reservation",
+    "SLOTLOCK_DATABASE_URL": "reservation, slotlock migrate",
     "SLOTLOCK_NATS_URL": "reservation, availability",
     "SLOTLOCK_STREAM": "reservation, availability",
     "SLOTLOCK_SUBJECT_PREFIX": "reservation, availability",
@@ -44,6 +44,11 @@ KNOWN_VARIABLES: Mapping[str, str] = {
     "SLOTLOCK_RUN_RELAY": "reservation",
     "SLOTLOCK_RUN_EXPIRER": "reservation",
     "SLOTLOCK_WORKERS": "reservation",
+    "SLOTLOCK_MIGRATE_ON_START": "reservation",
+    "SLOTLOCK_OUTBOX_KEEP_PUBLISHED_S": "reservation",
+    "SLOTLOCK_STREAM_MAX_AGE_S": "reservation (the relay sets it on the stream)",
+    "SLOTLOCK_STREAM_KEEP_PAST_EVENTS_S": "reservation",
+    "SLOTLOCK_KEEP_FINISHED_RESERVATIONS_S": "reservation",
     "SLOTLOCK_AVAILABILITY_HOST": "availability",
     "SLOTLOCK_AVAILABILITY_PORT": "availability",
     "SLOTLOCK_BADGE_FEW_LEFT": "availability",

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "slotlock_cli.dev",
     "slotlock_cli.bench",
     "slotlock_cli.operator",
+    "slotlock_cli.migrate",
 )
 
 

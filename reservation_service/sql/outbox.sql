@@ -12,12 +12,13 @@ LIMIT %(limit)s;
 -- name: mark_published
 UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%(ids)s);
 
--- name: purge_published
-DELETE FROM outbox WHERE published_at < clock_timestamp() - make_interval(secs => %(keep_s)s);
-
 -- name: event_states
--- For reconciliation: each event's current state, a page at a time.
-SELECT * FROM events WHERE id > %(after)s ORDER BY id LIMIT %(limit)s;
+-- For reconciliation: each event's current state, a page at a time; events that started before
+-- started_after (when given) are left out, their subjects having been purged by retention.
+SELECT * FROM events
+WHERE id > %(after)s
+  AND (%(started_after)s::timestamptz IS NULL OR starts_at >= %(started_after)s)
+ORDER BY id LIMIT %(limit)s;
 
 -- name: has_unpublished
 SELECT EXISTS (

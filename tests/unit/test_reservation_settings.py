@@ -3,6 +3,8 @@ integration tests, where it needed no server)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from reservation_service.settings import Settings
@@ -33,3 +35,36 @@ def test_settings_from_environment() -> None:
 def test_several_workers_need_a_fixed_port() -> None:
     with pytest.raises(SettingsError, match="SLOTLOCK_WORKERS must be 1 when"):
         Settings.from_env({"SLOTLOCK_WORKERS": "2", "SLOTLOCK_RESERVATION_PORT": "0"})
+
+
+# Past the security settings' checks (a closed test network), so that only ours are tested.
+CLOSED_NETWORK = {"SLOTLOCK_INSECURE_NO_AUTH": "true", "SLOTLOCK_INSECURE_PLAINTEXT": "true"}
+
+
+def test_lifecycle_and_retention_settings() -> None:
+    d = Settings.from_env(CLOSED_NETWORK)
+    assert d.migrate_on_start is True
+    assert d.retention.keep_published_outbox_s == 86400
+    assert d.retention.keep_past_event_subjects_s == 7 * 86400
+    assert d.retention.keep_finished_reservations_s == 0  # keep forever unless asked
+    assert d.feed.max_age_s == 0
+    s = Settings.from_env(
+        {
+            **CLOSED_NETWORK,
+            "SLOTLOCK_MIGRATE_ON_START": "false",
+            "SLOTLOCK_OUTBOX_KEEP_PUBLISHED_S": "3600",
+            "SLOTLOCK_STREAM_MAX_AGE_S": "2592000",
+            "SLOTLOCK_STREAM_KEEP_PAST_EVENTS_S": "0",
+            "SLOTLOCK_KEEP_FINISHED_RESERVATIONS_S": "31536000",
+        }
+    )
+    assert s.migrate_on_start is False
+    assert s.feed.max_age_s == 2592000
+    assert s.retention.keep_published_outbox_s == 3600
+    assert s.retention.subject_horizon(datetime.now(UTC)) is None
+    assert s.retention.keep_finished_reservations_s == 31536000
+    # A period meant as days or hours but given as a small number would delete at once.
+    with pytest.raises(
+        SettingsError, match=r"must be 0 \(keep forever\) or at least 3600, not '30'"
+    ):
+        Settings.from_env({**CLOSED_NETWORK, "SLOTLOCK_KEEP_FINISHED_RESERVATIONS_S": "30"})
