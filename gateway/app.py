@@ -5,8 +5,8 @@ the gateway keeps no state besides the availability fan-out cache."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     FileResponse,
     JSONResponse,
@@ -55,6 +55,8 @@ HTTP_STATUS = {
 
 Method = Callable[["Gateway", Request], Awaitable[Response]]
 
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "code": code}, status_code=status)
@@ -84,18 +86,40 @@ def upstream(service: str) -> Callable[[Method], Method]:
             except grpc.RpcError as error:
                 return rpc_error_response(service, error)
             except payloads.BadRequest as error:
-                return error_response(400, "INVALID_ARGUMENT", str(error))
+                return error_response(error.status, error.code, str(error))
 
         return wrapper
 
     return decorate
 
 
-async def json_body(request: Request) -> Any:
+async def json_body(request: Request, limit: int) -> Any:
+    """The body as JSON, read only as far as ``limit`` bytes: a larger one is refused from its
+    Content-Length before anything is read, or as soon as a chunked body passes the limit.
+
+    The 413 keeps the connection open: uvicorn then discards the rest of the body as it arrives
+    (nothing is buffered). Asking it to close instead makes it reset the connection with the
+    client's bytes unread, and the client then loses the 413 it was about to read."""
+    if not payloads.content_type_is_json(request.headers.get("content-type")):
+        raise payloads.NotJson("the request body must be JSON (Content-Type: application/json)")
+    declared = set(request.headers.getlist("content-length"))
+    if declared:
+        (length, *others) = declared
+        if others or not _CONTENT_LENGTH.fullmatch(length.strip()):
+            raise payloads.BadRequest("Content-Length must be one whole number of bytes")
+        if int(length) > limit:
+            raise payloads.BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise payloads.BadRequest("the request body must be JSON") from None
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise payloads.BodyTooLarge(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise payloads.BadRequest("the client went away before sending the whole body") from None
+    return payloads.decode_json(b"".join(chunks))
 
 
 def is_listed(event: dict[str, Any], now: datetime) -> bool:
@@ -127,6 +151,9 @@ class Gateway:
     async def close(self) -> None:
         await self.fanout.stop()
         await self.services.close()
+
+    async def json_body(self, request: Request) -> Any:
+        return await json_body(request, self.settings.max_body_bytes)
 
     async def index(self, request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -187,7 +214,7 @@ class Gateway:
 
     @upstream("reservation")
     async def create_hold(self, request: Request) -> Response:
-        hold = payloads.parse_hold_request(await json_body(request))
+        hold = payloads.parse_hold_request(await self.json_body(request))
         if not hold.idempotency_key:
             hold.idempotency_key = str(uuid.uuid4())
         if not hold.customer_ref:
@@ -199,12 +226,15 @@ class Gateway:
 
     @upstream("reservation")
     async def pay_hold(self, request: Request) -> Response:
-        token = payloads.parse_hold_token(await json_body(request))
+        reservation_id = payloads.check_path_text(
+            "reservation_id", request.path_params["reservation_id"]
+        )
+        token = payloads.parse_hold_token(await self.json_body(request))
         # Payment is simulated: a real gateway would get this reference from the provider.
         reference = f"SIM-{uuid.uuid4().hex[:12].upper()}"
         reservation: catalog_pb2.Reservation = await self.services.reservations.ConfirmHold(
             reservation_pb2.ConfirmHoldRequest(
-                reservation_id=request.path_params["reservation_id"],
+                reservation_id=reservation_id,
                 hold_token=token,
                 payment_reference=reference,
             ),
@@ -214,11 +244,12 @@ class Gateway:
 
     @upstream("reservation")
     async def cancel_hold(self, request: Request) -> Response:
-        token = payloads.parse_hold_token(await json_body(request))
+        reservation_id = payloads.check_path_text(
+            "reservation_id", request.path_params["reservation_id"]
+        )
+        token = payloads.parse_hold_token(await self.json_body(request))
         reservation: catalog_pb2.Reservation = await self.services.reservations.ReleaseHold(
-            reservation_pb2.ReleaseHoldRequest(
-                reservation_id=request.path_params["reservation_id"], hold_token=token
-            ),
+            reservation_pb2.ReleaseHoldRequest(reservation_id=reservation_id, hold_token=token),
             timeout=self.settings.rpc_timeout_s,
         )
         return JSONResponse({"reservation": payloads.reservation_json(reservation)})
@@ -227,12 +258,21 @@ class Gateway:
 async def http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods: JSON for the API (the page reads ``error``), text else."""
     assert isinstance(exc, HTTPException)
-    if request.url.path.startswith("/api/"):
+    # The scope's path, not request.url: building the URL decodes the query string, which
+    # fails on bytes that are not UTF-8 ("?%80" arrives as b"\x80").
+    path = request.scope["path"]
+    if path.startswith("/api/"):
         code = "NOT_FOUND" if exc.status_code == 404 else "INVALID_ARGUMENT"
-        return error_response(
-            exc.status_code, code, f"{exc.detail}: {request.method} {request.url.path}"
-        )
+        return error_response(exc.status_code, code, f"{exc.detail}: {request.method} {path}")
     return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A bug, never bad input: the server logs the traceback (Starlette re-raises it after this
+    answer); the page still gets JSON it can show."""
+    if request.scope["path"].startswith("/api/"):
+        return error_response(500, "INTERNAL", "The gateway failed unexpectedly; please try again.")
+    return PlainTextResponse("Internal Server Error", status_code=500)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -260,7 +300,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
     app.state.gateway = gateway
     return app

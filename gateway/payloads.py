@@ -3,6 +3,8 @@ the routes so the shapes the browser sees are written down in one place."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,8 +21,35 @@ TICKET_TYPES = {
 }
 
 
+# Deeper than any body the page sends, and far below Python's recursion limit: a body of 100,000
+# nested arrays is refused by a linear scan instead of crashing the parser with RecursionError.
+MAX_JSON_DEPTH = 32
+# Longer integers are no seat count; Python also refuses to convert over 4,300 digits.
+MAX_INTEGER_DIGITS = 20
+# A quantity as a string ("2", as an HTML form field would send it): ASCII digits only, so that
+# "²" or "٣" (which str.isdigit() accepts) are refused rather than crashing int().
+_QUANTITY_TEXT = re.compile(r"-?[0-9]{1,10}")
+
+
 class BadRequest(ValueError):
-    """The browser sent JSON the gateway cannot turn into a request (HTTP 400)."""
+    """The browser sent a request the gateway cannot turn into an RPC: an HTTP 4xx whose message
+    names what is wrong (400 unless a subclass says otherwise)."""
+
+    status = 400
+    code = "INVALID_ARGUMENT"
+
+
+class BodyTooLarge(BadRequest):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body must be at most {limit} bytes")
+
+
+class NotJson(BadRequest):
+    status = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
 
 
 def timestamp_iso(ts: timestamp_pb2.Timestamp, present: bool = True) -> str | None:
@@ -88,40 +117,120 @@ def hold_json(reply: reservation_pb2.CreateHoldResponse, now: datetime) -> dict[
     }
 
 
+def content_type_is_json(content_type: str | None) -> bool:
+    """``application/json`` (any parameters) or a ``+json`` type; no header is taken as JSON, so
+    that ``curl --data`` works, but a form or text post is not."""
+    if content_type is None:
+        return True
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def decode_json(body: bytes) -> Any:
+    """Strict JSON from UTF-8 bytes, every failure a ``BadRequest``: no ``NaN``/``Infinity``, no
+    integer longer than ``MAX_INTEGER_DIGITS``, no nesting deeper than ``MAX_JSON_DEPTH``."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the request body must be JSON in UTF-8") from None
+    if _nesting_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise BadRequest(f"the request body must be JSON nested at most {MAX_JSON_DEPTH} deep")
+    try:
+        return json.loads(text, parse_int=_parse_int, parse_constant=_refuse_constant)
+    except BadRequest:
+        raise
+    except ValueError:
+        raise BadRequest("the request body must be JSON") from None
+
+
+def _nesting_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit`` (counted before parsing, since
+    the parser recurses once per level)."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise BadRequest(
+            f"numbers in the request body must have at most {MAX_INTEGER_DIGITS} digits"
+        )
+    return int(digits)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadRequest(f"the request body must be JSON ({name} is not a JSON number)")
+
+
 def parse_hold_request(body: Any) -> reservation_pb2.CreateHoldRequest:
     """Shape checks only; the service judges the values (quantity 0, unknown event...)."""
     fields = _object(body)
-    event_id = fields.get("event_id")
-    if not isinstance(event_id, str) or not event_id.strip():
+    event_id = _text(fields, "event_id").strip()
+    if not event_id:
         raise BadRequest("event_id is required")
-    quantity = fields.get("quantity")
-    if isinstance(quantity, str) and quantity.strip().lstrip("-").isdigit():
-        quantity = int(quantity)
-    if not isinstance(quantity, int) or isinstance(quantity, bool):
-        raise BadRequest("quantity must be a whole number of seats")
-    if not -(2**31) <= quantity < 2**31:
-        raise BadRequest("quantity is out of range")
     ticket_name = fields.get("ticket_type") or "dinner"
     if not isinstance(ticket_name, str) or ticket_name.lower() not in TICKET_TYPES:
         raise BadRequest("ticket_type must be 'dinner' or 'experience-only'")
-    customer_ref = fields.get("customer_ref") or ""
-    idempotency_key = fields.get("idempotency_key") or ""
-    if not isinstance(customer_ref, str) or not isinstance(idempotency_key, str):
-        raise BadRequest("customer_ref and idempotency_key must be strings")
     return reservation_pb2.CreateHoldRequest(
-        event_id=event_id.strip(),
-        quantity=quantity,
+        event_id=event_id,
+        quantity=_quantity(fields.get("quantity")),
         ticket_type=TICKET_TYPES[ticket_name.lower()],
-        customer_ref=customer_ref,
-        idempotency_key=idempotency_key,
+        customer_ref=_text(fields, "customer_ref", optional=True),
+        idempotency_key=_text(fields, "idempotency_key", optional=True),
     )
 
 
 def parse_hold_token(body: Any) -> str:
-    token = _object(body).get("hold_token")
-    if not isinstance(token, str) or not token:
-        raise BadRequest("hold_token is required")
-    return token
+    return _text(_object(body), "hold_token")
+
+
+def check_path_text(name: str, value: str) -> str:
+    """A path parameter as a string field of a request: it must be encodable as UTF-8."""
+    return _text({name: value}, name)
+
+
+def _quantity(value: Any) -> int:
+    """A JSON integer, or a string of ASCII digits; never a float, a bool or "1e3"."""
+    if isinstance(value, str) and _QUANTITY_TEXT.fullmatch(value.strip()):
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest("quantity must be a whole number of seats, such as 2")
+    if not -(2**31) <= value < 2**31:
+        raise BadRequest("quantity is out of range")
+    return value
+
+
+def _text(fields: dict[str, Any], name: str, *, optional: bool = False) -> str:
+    """A string field; JSON allows lone surrogates ("\\ud800"), which protobuf cannot encode."""
+    value = fields.get(name)
+    if value is None or value == "":
+        if optional:
+            return ""
+        raise BadRequest(f"{name} is required")
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name} must be valid Unicode text (it has a lone surrogate)") from None
+    return value
 
 
 def _object(body: Any) -> dict[str, Any]:

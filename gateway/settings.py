@@ -22,6 +22,9 @@ class Settings:
     # SSE comment lines keep proxies from closing an idle stream.
     sse_keepalive_s: float = 15.0
     log_level: str = "INFO"
+    # Request bodies are a few hundred bytes of JSON; a larger one is refused with 413 before it
+    # is read (a client cannot make the gateway buffer megabytes).
+    max_body_bytes: int = 16 * 1024
     # The reservation service's limit (same variable), served to the page for its seat picker.
     max_seats_per_hold: int = 10
 
@@ -37,6 +40,9 @@ class Settings:
             availability_addr=read.address("SLOTLOCK_AVAILABILITY_ADDR", d.availability_addr),
             rpc_timeout_s=read.number(
                 "SLOTLOCK_GATEWAY_RPC_TIMEOUT_S", d.rpc_timeout_s, positive=True
+            ),
+            max_body_bytes=read.integer(
+                "SLOTLOCK_GATEWAY_MAX_BODY_BYTES", d.max_body_bytes, minimum=64, maximum=1 << 20
             ),
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", d.log_level),
             max_seats_per_hold=read_max_seats_per_hold(read),

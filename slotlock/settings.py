@@ -57,6 +57,7 @@ KNOWN_VARIABLES: Mapping[str, str] = {
     "SLOTLOCK_GATEWAY_HOST": "gateway",
     "SLOTLOCK_GATEWAY_PORT": "gateway",
     "SLOTLOCK_GATEWAY_RPC_TIMEOUT_S": "gateway",
+    "SLOTLOCK_GATEWAY_MAX_BODY_BYTES": "gateway",
     "SLOTLOCK_RESERVATION_ADDR": "gateway, slotlock CLI",
     "SLOTLOCK_AVAILABILITY_ADDR": "gateway, slotlock CLI",
     "SLOTLOCK_TEST_DATABASE_URL": "test suite (scripts/test)",

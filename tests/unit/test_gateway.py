@@ -4,13 +4,16 @@ event, never a queue), version ordering, request parsing and settings."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
+from typing import Any
 
+import httpx
 import pytest
 from starlette.requests import Request
 
 from gateway import payloads
-from gateway.app import Gateway
+from gateway.app import Gateway, create_app
 from gateway.fanout import AvailabilityFanout, Watcher, sse_frame
 from gateway.settings import Settings
 from slotlock.v1 import availability_pb2, catalog_pb2
@@ -146,3 +149,165 @@ async def test_the_listing_tells_the_page_the_seat_limit_per_hold() -> None:
     assert body["max_seats_per_hold"] == 4
     assert [ev["event_id"] for ev in body["events"]] == ["a", "b"]
     assert fake.tokens == ["", "p2"]
+
+
+# -- bad input over HTTP (the app in-process; these requests never reach a service) ------------
+
+TEN_MB = 10 * 1024 * 1024
+
+
+def app_client(**settings: Any) -> httpx.AsyncClient:
+    """The gateway's app without its lifespan: no channels, so anything that gets past the
+    request checks would fail with a 500, which these tests would see."""
+    app = create_app(Settings(**settings))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=10)
+
+
+def assert_refused(response: httpx.Response, status: int, *words: str) -> str:
+    assert response.status_code == status, response.text
+    message = response.json()["error"]
+    assert isinstance(message, str) and message
+    for word in words:
+        assert word in message
+    return message
+
+
+async def test_deeply_nested_json_is_a_400_not_a_500() -> None:
+    """Nested arrays used to crash the JSON parser with RecursionError (HTTP 500). 8,000 levels
+    fit in the default 16 KiB body limit; 100,000 in a larger one."""
+    for depth, settings in ((8_000, {}), (100_000, {"max_body_bytes": 1 << 20})):
+        nested = "[" * depth + "]" * depth
+        async with app_client(**settings) as client:
+            for path in ("/api/holds", "/api/holds/r1/pay", "/api/holds/r1/cancel"):
+                response = await client.post(
+                    path, content=nested, headers={"Content-Type": "application/json"}
+                )
+                assert_refused(response, 400, "nested")
+    with pytest.raises(payloads.BadRequest, match="nested at most 32 deep"):
+        payloads.decode_json(b'{"a": ' * 33 + b"1" + b"}" * 33)
+    # Brackets inside strings are text, not nesting.
+    assert payloads.decode_json(b'{"a": "' + b"[" * 1000 + b'"}') == {"a": "[" * 1000}
+
+
+@pytest.mark.parametrize(
+    "quantity",
+    ["²", "٣", "1e3", 1.5, 2.0, True, None, [2], {"n": 2}, "0x10", "2 seats", "", 2**31],
+)
+async def test_a_quantity_that_is_not_a_whole_number_is_a_400_naming_it(quantity: Any) -> None:
+    """ "²" passes str.isdigit() and then crashed int() (HTTP 500)."""
+    async with app_client() as client:
+        response = await client.post("/api/holds", json={"event_id": "e1", "quantity": quantity})
+    assert_refused(response, 400, "quantity")
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        # Lone surrogates are valid JSON escapes that protobuf cannot encode (was a 500).
+        ('{"event_id": "\\ud800", "quantity": 1}', ["event_id"]),
+        ('{"event_id": "e1", "quantity": 1, "customer_ref": "\\udfff"}', ["customer_ref"]),
+        # Python refuses to convert integers over 4,300 digits (a ValueError, was a 500).
+        ('{"event_id": "e1", "quantity": ' + "9" * 5000 + "}", ["digits"]),
+        ('{"event_id": "e1", "quantity": NaN}', ["NaN"]),
+        ('{"event_id": "e1", "quantity": -Infinity}', ["Infinity"]),
+        ('"just a string"', ["JSON object"]),
+        ('{"event_id": 7, "quantity": 1}', ["event_id"]),
+        ('{"event_id": "e1", "quantity": 1, "idempotency_key": 3}', ["idempotency_key"]),
+    ],
+)
+async def test_json_the_gateway_cannot_use_is_a_400(body: str, words: list[str]) -> None:
+    async with app_client() as client:
+        response = await client.post(
+            "/api/holds", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert_refused(response, 400, *words)
+
+
+@pytest.mark.parametrize("token", ["\\ud800", "", 12, None])
+async def test_a_hold_token_that_is_not_text_is_a_400(token: str) -> None:
+    body = '{"hold_token": ' + (json.dumps(token) if "\\" not in str(token) else f'"{token}"') + "}"
+    async with app_client() as client:
+        response = await client.post(
+            "/api/holds/r1/pay", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert_refused(response, 400, "hold_token")
+
+
+class CountingBody:
+    """A request body that is generated as it is read, counting how much the gateway took."""
+
+    def __init__(self, total: int, chunk: int = 64 * 1024) -> None:
+        self.total = total
+        self.chunk = chunk
+        self.sent = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.sent < self.total:
+            self.sent += self.chunk
+            yield b" " * self.chunk
+
+
+@pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "chunked"])
+async def test_a_50_mb_body_is_refused_with_413_without_being_read(declare_length: bool) -> None:
+    """The whole body used to be read into memory before anything looked at it."""
+    body = CountingBody(50 * 1024 * 1024)
+    headers = {"Content-Type": "application/json"}
+    if declare_length:
+        headers["Content-Length"] = str(body.total)
+    async with app_client() as client:
+        response = await client.post("/api/holds", content=body, headers=headers)
+    assert_refused(response, 413, "at most 16384 bytes")
+    assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
+    # Nothing read when the length was declared; a chunked body only up to the limit.
+    assert body.sent <= (0 if declare_length else 16 * 1024 + body.chunk)
+
+
+async def test_the_body_limit_is_a_setting() -> None:
+    hold = json.dumps({"event_id": "e1", "quantity": "²", "customer_ref": "x" * 200})
+    async with app_client(max_body_bytes=100) as client:
+        too_big = await client.post(
+            "/api/holds", content=hold, headers={"Content-Type": "application/json"}
+        )
+    assert_refused(too_big, 413, "at most 100 bytes")
+    assert Settings.from_env({"SLOTLOCK_GATEWAY_MAX_BODY_BYTES": "4096"}).max_body_bytes == 4096
+    with pytest.raises(ValueError, match="SLOTLOCK_GATEWAY_MAX_BODY_BYTES must be between"):
+        Settings.from_env({"SLOTLOCK_GATEWAY_MAX_BODY_BYTES": "0"})
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "words"),
+    [
+        ({"Content-Type": "text/plain"}, 415, ["application/json"]),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, ["application/json"]),
+        ({"Content-Type": "application/json", "Content-Length": "1e3"}, 400, ["Content-Length"]),
+        ({"Content-Type": "application/json", "Content-Length": "-1"}, 400, ["Content-Length"]),
+        (
+            {"Content-Type": "application/json", "Content-Length": "²".encode()},
+            400,
+            ["Content-Length"],
+        ),
+        ({"Content-Type": "application/json", "Content-Length": "9" * 40}, 400, ["Content-Length"]),
+    ],
+)
+async def test_headers_that_do_not_describe_json_are_refused(
+    headers: dict[str, Any], status: int, words: list[str]
+) -> None:
+    async with app_client() as client:
+        response = await client.post("/api/holds", content=b'{"quantity": 1}', headers=headers)
+    assert_refused(response, status, *words)
+
+
+async def test_body_bytes_that_are_not_utf8_json_are_a_400() -> None:
+    async with app_client() as client:
+        for body in (b"\xff\xfe{", b"\x00" * 10, b"quantity=1", b"", b'{"a": 1'):
+            response = await client.post(
+                "/api/holds", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert_refused(response, 400, "JSON")
+
+
+def test_strings_of_ascii_digits_are_still_a_quantity() -> None:
+    """The page sends numbers; a form-like client may send "2"."""
+    assert payloads.parse_hold_request({"event_id": "e", "quantity": " 2 "}).quantity == 2
+    assert payloads.parse_hold_request({"event_id": "e", "quantity": "-1"}).quantity == -1

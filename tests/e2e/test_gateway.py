@@ -166,6 +166,58 @@ async def test_bad_input_gets_a_readable_message_and_the_right_status(
     assert row["dinner_price"] == {"amount": 1_500_000, "currency": "VND"}
 
 
+FIFTY_MB = 50 * 1024 * 1024
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_50_mb_body_gets_413_before_it_is_sent(
+    gateway: httpx.AsyncClient, chunked: bool
+) -> None:
+    """Over a real socket, a client sending 50 MB at a steady pace gets its 413 after the first
+    few kilobytes: the gateway answers without waiting for (or keeping) the body. It used to read
+    all 50 MB, then answer 400."""
+    url = gateway.base_url
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % FIFTY_MB
+    writer.write(
+        b"POST /api/holds HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        + framing
+        + b"\r\n\r\n"
+    )
+    piece = b" " * (64 * 1024)
+    sent = 0
+
+    async def pump() -> None:
+        nonlocal sent
+        with contextlib.suppress(ConnectionError):
+            while sent < FIFTY_MB:
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                sent += len(piece)
+                await writer.drain()
+                await asyncio.sleep(0.002)  # about 30 MB/s: 50 MB take seconds
+
+    pumping = asyncio.create_task(pump())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        sent_before_answer = sent
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in header_lines if line)
+        body = json.loads(await reader.readexactly(int(headers["content-length"])))
+    finally:
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
+        writer.close()
+    assert status_line.startswith("HTTP/1.1 413"), (status_line, body)
+    assert body == {
+        "error": "the request body must be at most 16384 bytes",
+        "code": "PAYLOAD_TOO_LARGE",
+    }
+    assert sent_before_answer < 5 * 1024 * 1024, sent_before_answer
+    # The gateway still serves.
+    assert (await gateway.get("/healthz")).status_code == 200
+
+
 async def test_cancel_gives_the_seats_back(system: System, gateway: httpx.AsyncClient) -> None:
     event = system.seed_event("GW-CANCEL", capacity=4)
     hold = (await create_hold(gateway, event.id, 3)).json()
