@@ -17,7 +17,7 @@ from availability_service import servicer
 from availability_service.consumer import FeedConsumer
 from availability_service.settings import Settings
 from availability_service.view import AvailabilityView
-from slotlock.grpc_server import create_server
+from slotlock.grpc_server import add_port, create_server
 from slotlock.v1 import availability_pb2
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class AvailabilityServer:
             settings.nats_url, settings.feed, self.view, heartbeat_s=heartbeat_s
         )
         self.health = health.aio.HealthServicer()
-        self.server = create_server()
+        self.server = create_server(settings.security)
         self.port = 0
         self._ready_task: asyncio.Task[None] | None = None
 
@@ -47,12 +47,15 @@ class AvailabilityServer:
     async def start(self) -> AvailabilityServer:
         servicer.add_to_server(servicer.AvailabilityServicer(self.view), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        if self.settings.security.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        self.port = add_port(
+            self.server, self.settings.host, self.settings.port, self.settings.security
+        )
         await self.server.start()
         log.info("availability service listening on %s", self.address)
         await self.consumer.start()

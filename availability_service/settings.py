@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from availability_service.projection import BadgePolicy
 from slotlock.feed import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Feed
+from slotlock.grpc_server import ServerSecurity
 from slotlock.settings import NATS_SCHEMES, Reader, SettingsError
 
 __all__ = ["Settings", "SettingsError"]
@@ -24,6 +25,9 @@ class Settings:
     badge_policy: BadgePolicy = field(default_factory=BadgePolicy)
     max_watchers: int = 10_000
     log_level: str = "INFO"
+    # Who may call and over what (tokens, TLS, reflection). The default authenticates nobody, so
+    # a server refuses to start with it: tests and `slotlock dev` set one up.
+    security: ServerSecurity = field(default_factory=ServerSecurity)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -49,4 +53,5 @@ class Settings:
             ),
             max_watchers=read.integer("SLOTLOCK_MAX_WATCHERS", cls.max_watchers, minimum=1),
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", cls.log_level),
+            security=ServerSecurity.read(read),
         )

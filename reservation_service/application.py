@@ -35,6 +35,7 @@ from reservation_service.holds import (
 from reservation_service.store import After, Amend, Settle
 from slotlock import page_tokens
 from slotlock.errors import SlotlockError
+from slotlock.identity import Caller
 
 DEFAULT_PAGE = 50
 MAX_EVENTS_PAGE = 500
@@ -190,8 +191,14 @@ class Reservations:
 
         return await self._store.settle_hold(reservation_id, settle)
 
-    async def get_reservation(self, reservation_id: str) -> Reservation:
-        return await self._store.get_reservation(reservation_id)
+    async def get_reservation(self, reservation_id: str, token: str, caller: Caller) -> Reservation:
+        """Any reservation for an admin; for anyone else only the one the hold token proves."""
+        if caller.is_admin:
+            return await self._store.get_reservation(reservation_id)
+        self._tokens.require(token)
+        reservation = await self._store.get_reservation(reservation_id)
+        self._tokens.check(reservation.id, token)
+        return reservation
 
     async def list_reservations(
         self,

@@ -30,7 +30,7 @@ from reservation_service.outbox import OutboxRelay
 from reservation_service.servicer import ReservationServicer
 from reservation_service.settings import INSECURE_DEV_SECRET, Settings
 from reservation_service.store import ReservationStore
-from slotlock.grpc_server import create_server
+from slotlock.grpc_server import add_port, create_server
 from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -80,16 +80,17 @@ class ReservationServer:
             max_batch=s.max_batch,
         )
 
-        self.server = create_server()
+        self.server = create_server(s.security)
         reservation_pb2_grpc.add_ReservationServiceServicer_to_server(
             ReservationServicer(self.reservations), self.server
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if s.security.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            )
+        self.port = add_port(self.server, s.host, s.port, s.security)
         await self.server.start()
         if s.run_relay:
             self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))

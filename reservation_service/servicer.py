@@ -11,6 +11,7 @@ import grpc
 
 from reservation_service import convert
 from reservation_service.application import Reservations
+from slotlock import auth
 from slotlock.ids import parse_uuid
 from slotlock.v1 import catalog_pb2, reservation_pb2, reservation_pb2_grpc
 
@@ -98,7 +99,9 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
     ) -> catalog_pb2.Reservation:
         reservation_id = parse_uuid(request.reservation_id, "reservation_id")
         return convert.reservation_to_proto(
-            await self._reservations.get_reservation(reservation_id)
+            await self._reservations.get_reservation(
+                reservation_id, request.hold_token, auth.current_caller()
+            )
         )
 
     async def ListReservations(

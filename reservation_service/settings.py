@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from reservation_service.retention import Retention
 from slotlock.feed import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Feed
+from slotlock.grpc_server import ServerSecurity
 from slotlock.settings import (
     NATS_SCHEMES,
     POSTGRES_SCHEMES,
@@ -39,6 +40,9 @@ class Settings:
     run_expirer: bool = True
     workers: int = 1
     log_level: str = "INFO"
+    # Who may call and over what (tokens, TLS, reflection). The default authenticates nobody, so
+    # a server refuses to start with it: tests and `slotlock dev` set one up.
+    security: ServerSecurity = field(default_factory=ServerSecurity)
     # False: the service runs without DDL rights (`slotlock migrate` applies migrations) and
     # refuses to start on a database that lacks one.
     migrate_on_start: bool = True
@@ -97,6 +101,7 @@ class Settings:
             run_expirer=read.flag("SLOTLOCK_RUN_EXPIRER", d.run_expirer),
             workers=read.integer("SLOTLOCK_WORKERS", d.workers, minimum=1, maximum=64),
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", d.log_level),
+            security=ServerSecurity.read(read),
             migrate_on_start=read.flag("SLOTLOCK_MIGRATE_ON_START", d.migrate_on_start),
             keep_published_outbox_s=read.number(
                 "SLOTLOCK_OUTBOX_KEEP_PUBLISHED_S", d.keep_published_outbox_s, minimum=60

@@ -10,6 +10,7 @@ each client renders the replies its own way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 from collections.abc import (
@@ -21,14 +22,16 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Self, TypeVar, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from slotlock import conflation
 from slotlock.labels import short_name
+from slotlock.settings import Reader
+from slotlock.tls import ClientTLS
 from slotlock.v1 import availability_pb2, availability_pb2_grpc, catalog_pb2, reservation_pb2_grpc
 
 if TYPE_CHECKING:  # typed async stubs exist only in the generated .pyi files
@@ -100,15 +103,129 @@ class HealthService(Protocol):
 # ---- channels and stubs ------------------------------------------------------------------------
 
 
-def open_channel(
-    address: str, credentials: grpc.ChannelCredentials | None = None
-) -> grpc.aio.Channel:
-    """A channel to ``address`` with slotlock's options. Plain text today; pass ``credentials``
-    (e.g. ``grpc.ssl_channel_credentials(...)``) once the services serve TLS: this is the one
-    place that has to change. Call it inside the event loop that will use the channel."""
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client proves itself and checks the service: a bearer token (a JWT listing the
+    caller's roles, ``slotlock.auth``) sent on every call, and TLS (the services' CA, and a
+    client certificate where the services require one). The default is plain text without a
+    token: fine for health checks, refused for every slotlock RPC by a secured service."""
+
+    token: str = ""
+    tls: ClientTLS = field(default_factory=ClientTLS)
+
+    @classmethod
+    def read(cls, read: Reader) -> ClientSecurity:
+        """``SLOTLOCK_TOKEN`` and ``SLOTLOCK_TLS_CA_FILE`` / ``SLOTLOCK_TLS_CLIENT_*_FILE``."""
+        return cls(token=read.text("SLOTLOCK_TOKEN", ""), tls=ClientTLS.read(read))
+
+
+def _with_token(details: Any, token: str, make: Callable[..., Any]) -> Any:
+    metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
+    return make(
+        method=details.method,
+        timeout=details.timeout,
+        metadata=metadata,
+        credentials=details.credentials,
+        wait_for_ready=details.wait_for_ready,
+        **({"compression": details.compression} if hasattr(details, "compression") else {}),
+    )
+
+
+def _aio_token_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """One interceptor per call shape (grpc.aio files each under one shape only). An interceptor
+    rather than call credentials so the token also goes over plain text (tests, benchmarks)."""
+
+    def add(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        return _with_token(details, token, grpc.aio.ClientCallDetails)
+
+    class UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return await continuation(add(details), request)
+
+    class UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_stream(
+            self, continuation: Any, details: Any, request: Any
+        ) -> Any:
+            return await continuation(add(details), request)
+
+    class StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_stream_unary(
+            self, continuation: Any, details: Any, requests: Any
+        ) -> Any:
+            return await continuation(add(details), requests)
+
+    class StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+        async def intercept_stream_stream(
+            self, continuation: Any, details: Any, requests: Any
+        ) -> Any:
+            return await continuation(add(details), requests)
+
+    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+
+
+class _SyncCallDetails(
+    collections.namedtuple(  # grpc's own call details are built this way
+        "_SyncCallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    pass
+
+
+class _SyncToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def _add(self, details: Any) -> Any:
+        return _with_token(details, self._token, _SyncCallDetails)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._add(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._add(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._add(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._add(details), requests)
+
+
+def open_channel(address: str, security: ClientSecurity | None = None) -> grpc.aio.Channel:
+    """A channel to ``address`` with slotlock's options, TLS and token as ``security`` says:
+    the one place every async client opens one. Call it inside the event loop that will use
+    the channel."""
+    security = security or ClientSecurity()
+    interceptors = _aio_token_interceptors(security.token) if security.token else None
+    credentials = security.tls.credentials()
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(
+            address, options=CHANNEL_OPTIONS, interceptors=interceptors
+        )
+    return grpc.aio.secure_channel(
+        address, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors
+    )
+
+
+def open_sync_channel(address: str, security: ClientSecurity | None = None) -> grpc.Channel:
+    """``open_channel`` for blocking code (the dev harness, its seeding, readiness probes)."""
+    security = security or ClientSecurity()
+    credentials = security.tls.credentials()
+    channel = (
+        grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        if credentials is None
+        else grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    )
+    if security.token:
+        return grpc.intercept_channel(channel, _SyncToken(security.token))
+    return channel
 
 
 class Services:
@@ -119,13 +236,13 @@ class Services:
         reservation_addr: str,
         availability_addr: str,
         *,
-        credentials: grpc.ChannelCredentials | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.reservation_addr = reservation_addr
         self.availability_addr = availability_addr
         self._channels: dict[str, grpc.aio.Channel] = {}
-        reservation = self._channel(reservation_addr, credentials)
-        availability = self._channel(availability_addr, credentials)
+        reservation = self._channel(reservation_addr, security)
+        availability = self._channel(availability_addr, security)
         # The generated stubs' ``__new__`` overloads pick the async stub type for an aio channel;
         # grpcio ships no type hints, so mypy cannot tell the channel kinds apart: say it here.
         self.reservations = cast(
@@ -137,11 +254,9 @@ class Services:
         )
         self.availability_health: HealthService = health_pb2_grpc.HealthStub(availability)
 
-    def _channel(
-        self, address: str, credentials: grpc.ChannelCredentials | None
-    ) -> grpc.aio.Channel:
+    def _channel(self, address: str, security: ClientSecurity | None) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = open_channel(address, credentials)
+            self._channels[address] = open_channel(address, security)
         return self._channels[address]
 
     async def close(self) -> None:

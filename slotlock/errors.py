@@ -29,8 +29,12 @@ class Conflict(SlotlockError):
     """The request is well-formed but the current state refuses it (no seats, hold expired...)."""
 
 
+class Unauthenticated(SlotlockError):
+    """The caller sent no credential, or one that cannot be verified (bad, expired, foreign)."""
+
+
 class PermissionDenied(SlotlockError):
-    """The caller lacks the secret the request needs (e.g. a wrong hold token)."""
+    """The caller lacks the role or the secret the request needs (e.g. a wrong hold token)."""
 
 
 class ResourceExhausted(SlotlockError):

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+
 import grpc
 
+from slotlock.auth import AuthInterceptor, AuthSettings
 from slotlock.grpc_errors import ErrorInterceptor
+from slotlock.settings import Reader, SettingsError
+from slotlock.tls import ServerTLS
+
+log = logging.getLogger(__name__)
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     # Find dead peers (watchers above all) within ~30 s; clients may ping every 10 s.
@@ -23,6 +31,60 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-def create_server() -> grpc.aio.Server:
-    """A grpc.aio server with slotlock's options and interceptors (errors mapped once)."""
-    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ErrorInterceptor()])
+@dataclass(frozen=True)
+class ServerSecurity:
+    """Who may call a server and over what: the same settings for both services.
+
+    The defaults authenticate nobody, and a server refuses to start with them: tests and
+    ``slotlock dev`` configure a key; production reads ``SLOTLOCK_AUTH_*`` and ``SLOTLOCK_TLS_*``
+    (``read``), where plain text and "no authentication" must each be asked for by name."""
+
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: ServerTLS = field(default_factory=ServerTLS)
+    reflection: bool = True  # grpcurl and friends can list and call the RPCs without protos
+
+    @classmethod
+    def read(cls, read: Reader) -> ServerSecurity:
+        """Read and check; fails closed with one line unless TLS and authentication are set up
+        or explicitly waived."""
+        security = cls(
+            auth=AuthSettings.read(read).check(),
+            tls=ServerTLS.read(read),
+            reflection=read.flag("SLOTLOCK_REFLECTION", True),
+        )
+        plaintext_ok = read.flag("SLOTLOCK_INSECURE_PLAINTEXT", False)
+        if not security.tls.enabled and not plaintext_ok:
+            raise SettingsError(
+                "no TLS certificate: set SLOTLOCK_TLS_CERT_FILE and SLOTLOCK_TLS_KEY_FILE, or "
+                "SLOTLOCK_INSECURE_PLAINTEXT=true where the network itself is private"
+            )
+        if security.auth.client_cert_roles and not security.tls.client_ca_file:
+            raise SettingsError(
+                "SLOTLOCK_TLS_CLIENT_ROLES needs SLOTLOCK_TLS_CLIENT_CA_FILE (client "
+                "certificates are only checked with mutual TLS)"
+            )
+        return security
+
+
+def create_server(security: ServerSecurity) -> grpc.aio.Server:
+    """A grpc.aio server with slotlock's options and interceptors: callers authenticated and
+    checked against the role table first, then errors mapped once. Raises ``SettingsError``
+    when ``security`` authenticates nobody (fail closed)."""
+    return grpc.aio.server(
+        options=SERVER_OPTIONS,
+        interceptors=[
+            AuthInterceptor(security.auth, reflection=security.reflection),
+            ErrorInterceptor(),
+        ],
+    )
+
+
+def add_port(server: grpc.aio.Server, host: str, port: int, security: ServerSecurity) -> int:
+    """Listen on ``host:port`` with TLS when configured; returns the port bound."""
+    address = f"{host}:{port}"
+    if security.tls.enabled:
+        return int(server.add_secure_port(address, security.tls.credentials()))
+    log.warning(
+        "serving plain text on %s: credentials and bookings cross the network unencrypted", address
+    )
+    return int(server.add_insecure_port(address))

@@ -6,9 +6,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 import psycopg
 
 from reservation_service.server import ReservationServer
+from slotlock import auth, client
+from slotlock.grpc_server import ServerSecurity
+from slotlock.identity import ADMIN
+from slotlock.tls import ClientTLS
 
 # The ``start_reservation`` fixture: ``await start_reservation(hold_ttl_s=1)``.
 StartReservation = Callable[..., Awaitable[ReservationServer]]
@@ -26,3 +31,37 @@ def snapshot(database_url: str) -> list[Any]:
         ).fetchall()
         outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()
     return [events, reservations, outbox]
+
+
+# ---- security: every test server checks callers, as production does ---------------------------
+
+# Plain text and HS256 tokens: in-process servers need no certificates. TLS and mutual TLS have
+# their own tests (tests/integration/test_security.py); the e2e tests run with both on.
+TEST_JWT_SECRET = "slotlock-tests-only-jwt-secret-0123456789"
+TEST_SECURITY = ServerSecurity(auth=auth.AuthSettings(jwt_secret=TEST_JWT_SECRET))
+
+
+def token_for(*roles: str, subject: str = "tests") -> str:
+    """A valid token for ``TEST_SECURITY`` servers with ``roles`` (admin when none given)."""
+    return auth.mint_token(TEST_JWT_SECRET, roles or (ADMIN,), subject)
+
+
+def open_channel(
+    address: str, *roles: str, token: str | None = None, tls: ClientTLS | None = None
+) -> grpc.aio.Channel:
+    """An async channel to a test server, sending a token with ``roles`` (admin when none are
+    given; ``token=""`` sends none), over TLS when ``tls`` is given."""
+    return client.open_channel(
+        address,
+        client.ClientSecurity(
+            token=token_for(*roles) if token is None else token, tls=tls or ClientTLS()
+        ),
+    )
+
+
+# The least environment with which the services' ``from_env`` starts (tests of other settings
+# add theirs to it).
+SECURE_ENV: dict[str, str] = {
+    "SLOTLOCK_AUTH_JWT_SECRET": TEST_JWT_SECRET,
+    "SLOTLOCK_INSECURE_PLAINTEXT": "true",
+}

@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from slotlock.v1 import access_pb2 as slotlock_dot_v1_dot_access__pb2
 from slotlock.v1 import bounds_pb2 as slotlock_dot_v1_dot_bounds__pb2
 from slotlock.v1 import catalog_pb2 as slotlock_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eslotlock/v1/availability.proto\x12\x0bslotlock.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18slotlock/v1/bounds.proto\x1a\x19slotlock/v1/catalog.proto\"\xdd\x03\n\x11\x45ventAvailability\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x18\n\x10\x65xperience_title\x18\x03 \x01(\t\x12\x12\n\nlocal_date\x18\x04 \x01(\t\x12\x18\n\x10local_start_time\x18\x05 \x01(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12-\n\tstarts_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\x05\x12\x0c\n\x04paid\x18\t \x01(\x05\x12\x0f\n\x07pending\x18\n \x01(\x05\x12\x11\n\tavailable\x18\x0b \x01(\x05\x12(\n\x06status\x18\x0c \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x1f\n\x17\x65xperience_only_enabled\x18\r \x01(\x08\x12(\n\x0c\x64inner_price\x18\x0e \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x31\n\x15\x65xperience_only_price\x18\x0f \x01(\x0b\x32\x12.slotlock.v1.Money\x12!\n\x05\x62\x61\x64ge\x18\x10 \x01(\x0e\x32\x12.slotlock.v1.Badge\x12\x0f\n\x07version\x18\x11 \x01(\x03\"7\n\x1bGetEventAvailabilityRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\"\xca\x01\n\x17ListAvailabilityRequest\x12\x19\n\tfrom_date\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x17\n\x07to_date\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12!\n\x05\x62\x61\x64ge\x18\x04 \x01(\x0e\x32\x12.slotlock.v1.Badge\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x1b\n\npage_token\x18\x06 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"c\n\x18ListAvailabilityResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.slotlock.v1.EventAvailability\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xcb\x01\n\x18WatchAvailabilityRequest\x12\x1c\n\tevent_ids\x18\x01 \x03(\tB\t\xca\xf3\x18\x05\x08@\x10\x90N\x12[\n\x0eknown_versions\x18\x02 \x03(\x0b\x32\x38.slotlock.v1.WatchAvailabilityRequest.KnownVersionsEntryB\t\xca\xf3\x18\x05\x08@\x10\x90N\x1a\x34\n\x12KnownVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*r\n\x05\x42\x61\x64ge\x12\x15\n\x11\x42\x41\x44GE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42\x41\x44GE_AVAILABLE\x10\x01\x12\x12\n\x0e\x42\x41\x44GE_FEW_LEFT\x10\x02\x12\x15\n\x11\x42\x41\x44GE_ALMOST_FULL\x10\x03\x12\x12\n\x0e\x42\x41\x44GE_SOLD_OUT\x10\x04\x32\xb6\x02\n\x13\x41vailabilityService\x12`\n\x14GetEventAvailability\x12(.slotlock.v1.GetEventAvailabilityRequest\x1a\x1e.slotlock.v1.EventAvailability\x12_\n\x10ListAvailability\x12$.slotlock.v1.ListAvailabilityRequest\x1a%.slotlock.v1.ListAvailabilityResponse\x12\\\n\x11WatchAvailability\x12%.slotlock.v1.WatchAvailabilityRequest\x1a\x1e.slotlock.v1.EventAvailability0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eslotlock/v1/availability.proto\x12\x0bslotlock.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18slotlock/v1/access.proto\x1a\x18slotlock/v1/bounds.proto\x1a\x19slotlock/v1/catalog.proto\"\xdd\x03\n\x11\x45ventAvailability\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x18\n\x10\x65xperience_title\x18\x03 \x01(\t\x12\x12\n\nlocal_date\x18\x04 \x01(\t\x12\x18\n\x10local_start_time\x18\x05 \x01(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12-\n\tstarts_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\x05\x12\x0c\n\x04paid\x18\t \x01(\x05\x12\x0f\n\x07pending\x18\n \x01(\x05\x12\x11\n\tavailable\x18\x0b \x01(\x05\x12(\n\x06status\x18\x0c \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x1f\n\x17\x65xperience_only_enabled\x18\r \x01(\x08\x12(\n\x0c\x64inner_price\x18\x0e \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x31\n\x15\x65xperience_only_price\x18\x0f \x01(\x0b\x32\x12.slotlock.v1.Money\x12!\n\x05\x62\x61\x64ge\x18\x10 \x01(\x0e\x32\x12.slotlock.v1.Badge\x12\x0f\n\x07version\x18\x11 \x01(\x03\"7\n\x1bGetEventAvailabilityRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\"\xca\x01\n\x17ListAvailabilityRequest\x12\x19\n\tfrom_date\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x17\n\x07to_date\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12!\n\x05\x62\x61\x64ge\x18\x04 \x01(\x0e\x32\x12.slotlock.v1.Badge\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x1b\n\npage_token\x18\x06 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"c\n\x18ListAvailabilityResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.slotlock.v1.EventAvailability\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xcb\x01\n\x18WatchAvailabilityRequest\x12\x1c\n\tevent_ids\x18\x01 \x03(\tB\t\xca\xf3\x18\x05\x08@\x10\x90N\x12[\n\x0eknown_versions\x18\x02 \x03(\x0b\x32\x38.slotlock.v1.WatchAvailabilityRequest.KnownVersionsEntryB\t\xca\xf3\x18\x05\x08@\x10\x90N\x1a\x34\n\x12KnownVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*r\n\x05\x42\x61\x64ge\x12\x15\n\x11\x42\x41\x44GE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42\x41\x44GE_AVAILABLE\x10\x01\x12\x12\n\x0e\x42\x41\x44GE_FEW_LEFT\x10\x02\x12\x15\n\x11\x42\x41\x44GE_ALMOST_FULL\x10\x03\x12\x12\n\x0e\x42\x41\x44GE_SOLD_OUT\x10\x04\x32\xf5\x02\n\x13\x41vailabilityService\x12u\n\x14GetEventAvailability\x12(.slotlock.v1.GetEventAvailabilityRequest\x1a\x1e.slotlock.v1.EventAvailability\"\x13\xd2\xf3\x18\x0f\n\x06reader\n\x05\x61\x64min\x12t\n\x10ListAvailability\x12$.slotlock.v1.ListAvailabilityRequest\x1a%.slotlock.v1.ListAvailabilityResponse\"\x13\xd2\xf3\x18\x0f\n\x06reader\n\x05\x61\x64min\x12q\n\x11WatchAvailability\x12%.slotlock.v1.WatchAvailabilityRequest\x1a\x1e.slotlock.v1.EventAvailability\"\x13\xd2\xf3\x18\x0f\n\x06reader\n\x05\x61\x64min0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,20 +49,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHAVAILABILITYREQUEST'].fields_by_name['event_ids']._serialized_options = b'\312\363\030\005\010@\020\220N'
   _globals['_WATCHAVAILABILITYREQUEST'].fields_by_name['known_versions']._loaded_options = None
   _globals['_WATCHAVAILABILITYREQUEST'].fields_by_name['known_versions']._serialized_options = b'\312\363\030\005\010@\020\220N'
-  _globals['_BADGE']._serialized_start=1182
-  _globals['_BADGE']._serialized_end=1296
-  _globals['_EVENTAVAILABILITY']._serialized_start=134
-  _globals['_EVENTAVAILABILITY']._serialized_end=611
-  _globals['_GETEVENTAVAILABILITYREQUEST']._serialized_start=613
-  _globals['_GETEVENTAVAILABILITYREQUEST']._serialized_end=668
-  _globals['_LISTAVAILABILITYREQUEST']._serialized_start=671
-  _globals['_LISTAVAILABILITYREQUEST']._serialized_end=873
-  _globals['_LISTAVAILABILITYRESPONSE']._serialized_start=875
-  _globals['_LISTAVAILABILITYRESPONSE']._serialized_end=974
-  _globals['_WATCHAVAILABILITYREQUEST']._serialized_start=977
-  _globals['_WATCHAVAILABILITYREQUEST']._serialized_end=1180
-  _globals['_WATCHAVAILABILITYREQUEST_KNOWNVERSIONSENTRY']._serialized_start=1128
-  _globals['_WATCHAVAILABILITYREQUEST_KNOWNVERSIONSENTRY']._serialized_end=1180
-  _globals['_AVAILABILITYSERVICE']._serialized_start=1299
-  _globals['_AVAILABILITYSERVICE']._serialized_end=1609
+  _globals['_AVAILABILITYSERVICE'].methods_by_name['GetEventAvailability']._loaded_options = None
+  _globals['_AVAILABILITYSERVICE'].methods_by_name['GetEventAvailability']._serialized_options = b'\322\363\030\017\n\006reader\n\005admin'
+  _globals['_AVAILABILITYSERVICE'].methods_by_name['ListAvailability']._loaded_options = None
+  _globals['_AVAILABILITYSERVICE'].methods_by_name['ListAvailability']._serialized_options = b'\322\363\030\017\n\006reader\n\005admin'
+  _globals['_AVAILABILITYSERVICE'].methods_by_name['WatchAvailability']._loaded_options = None
+  _globals['_AVAILABILITYSERVICE'].methods_by_name['WatchAvailability']._serialized_options = b'\322\363\030\017\n\006reader\n\005admin'
+  _globals['_BADGE']._serialized_start=1208
+  _globals['_BADGE']._serialized_end=1322
+  _globals['_EVENTAVAILABILITY']._serialized_start=160
+  _globals['_EVENTAVAILABILITY']._serialized_end=637
+  _globals['_GETEVENTAVAILABILITYREQUEST']._serialized_start=639
+  _globals['_GETEVENTAVAILABILITYREQUEST']._serialized_end=694
+  _globals['_LISTAVAILABILITYREQUEST']._serialized_start=697
+  _globals['_LISTAVAILABILITYREQUEST']._serialized_end=899
+  _globals['_LISTAVAILABILITYRESPONSE']._serialized_start=901
+  _globals['_LISTAVAILABILITYRESPONSE']._serialized_end=1000
+  _globals['_WATCHAVAILABILITYREQUEST']._serialized_start=1003
+  _globals['_WATCHAVAILABILITYREQUEST']._serialized_end=1206
+  _globals['_WATCHAVAILABILITYREQUEST_KNOWNVERSIONSENTRY']._serialized_start=1154
+  _globals['_WATCHAVAILABILITYREQUEST_KNOWNVERSIONSENTRY']._serialized_end=1206
+  _globals['_AVAILABILITYSERVICE']._serialized_start=1325
+  _globals['_AVAILABILITYSERVICE']._serialized_end=1698
 # @@protoc_insertion_point(module_scope)

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from slotlock.v1 import access_pb2 as slotlock_dot_v1_dot_access__pb2
 from slotlock.v1 import bounds_pb2 as slotlock_dot_v1_dot_bounds__pb2
 from slotlock.v1 import catalog_pb2 as slotlock_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dslotlock/v1/reservation.proto\x12\x0bslotlock.v1\x1a\x18slotlock/v1/bounds.proto\x1a\x19slotlock/v1/catalog.proto\"\xe0\x02\n\x12UpsertEventRequest\x12\x14\n\x04\x63ode\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08\x64\x12!\n\x10\x65xperience_title\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\x12\x1a\n\nlocal_date\x18\x03 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12 \n\x10local_start_time\x18\x04 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x19\n\ttime_zone\x18\x05 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x1f\n\x17\x65xperience_only_enabled\x18\x08 \x01(\x08\x12(\n\x0c\x64inner_price\x18\t \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x31\n\x15\x65xperience_only_price\x18\n \x01(\x0b\x32\x12.slotlock.v1.Money\"+\n\x0fGetEventRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\"\xa1\x01\n\x11ListEventsRequest\x12\x19\n\tfrom_date\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x17\n\x07to_date\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x1b\n\npage_token\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"Q\n\x12ListEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.slotlock.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xae\x01\n\x11\x43reateHoldRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12,\n\x0bticket_type\x18\x03 \x01(\x0e\x32\x17.slotlock.v1.TicketType\x12\x1d\n\x0c\x63ustomer_ref\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\x12 \n\x0fidempotency_key\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\"W\n\x12\x43reateHoldResponse\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.slotlock.v1.Reservation\x12\x12\n\nhold_token\x18\x02 \x01(\t\"\x88\x01\n\x1bRecordPaymentAttemptRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12,\n\x07payment\x18\x03 \x01(\x0b\x32\x1b.slotlock.v1.PaymentAttempt\"u\n\x12\x43onfirmHoldRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12\"\n\x11payment_reference\x18\x03 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\"Q\n\x12ReleaseHoldRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\"7\n\x15GetReservationRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\"\x93\x01\n\x17ListReservationsRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.slotlock.v1.ReservationStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x1b\n\npage_token\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"c\n\x18ListReservationsResponse\x12.\n\x0creservations\x18\x01 \x03(\x0b\x32\x18.slotlock.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x18RefundReservationRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\xf4\x03\"\x19\n\x17\x45xpireStaleHoldsRequest\"=\n\x18\x45xpireStaleHoldsResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x05\x32\x8c\x07\n\x12ReservationService\x12\x42\n\x0bUpsertEvent\x12\x1f.slotlock.v1.UpsertEventRequest\x1a\x12.slotlock.v1.Event\x12<\n\x08GetEvent\x12\x1c.slotlock.v1.GetEventRequest\x1a\x12.slotlock.v1.Event\x12M\n\nListEvents\x12\x1e.slotlock.v1.ListEventsRequest\x1a\x1f.slotlock.v1.ListEventsResponse\x12M\n\nCreateHold\x12\x1e.slotlock.v1.CreateHoldRequest\x1a\x1f.slotlock.v1.CreateHoldResponse\x12Z\n\x14RecordPaymentAttempt\x12(.slotlock.v1.RecordPaymentAttemptRequest\x1a\x18.slotlock.v1.Reservation\x12H\n\x0b\x43onfirmHold\x12\x1f.slotlock.v1.ConfirmHoldRequest\x1a\x18.slotlock.v1.Reservation\x12H\n\x0bReleaseHold\x12\x1f.slotlock.v1.ReleaseHoldRequest\x1a\x18.slotlock.v1.Reservation\x12N\n\x0eGetReservation\x12\".slotlock.v1.GetReservationRequest\x1a\x18.slotlock.v1.Reservation\x12_\n\x10ListReservations\x12$.slotlock.v1.ListReservationsRequest\x1a%.slotlock.v1.ListReservationsResponse\x12T\n\x11RefundReservation\x12%.slotlock.v1.RefundReservationRequest\x1a\x18.slotlock.v1.Reservation\x12_\n\x10\x45xpireStaleHolds\x12$.slotlock.v1.ExpireStaleHoldsRequest\x1a%.slotlock.v1.ExpireStaleHoldsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dslotlock/v1/reservation.proto\x12\x0bslotlock.v1\x1a\x18slotlock/v1/access.proto\x1a\x18slotlock/v1/bounds.proto\x1a\x19slotlock/v1/catalog.proto\"\xe0\x02\n\x12UpsertEventRequest\x12\x14\n\x04\x63ode\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08\x64\x12!\n\x10\x65xperience_title\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\x12\x1a\n\nlocal_date\x18\x03 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12 \n\x10local_start_time\x18\x04 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x19\n\ttime_zone\x18\x05 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x1f\n\x17\x65xperience_only_enabled\x18\x08 \x01(\x08\x12(\n\x0c\x64inner_price\x18\t \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x31\n\x15\x65xperience_only_price\x18\n \x01(\x0b\x32\x12.slotlock.v1.Money\"+\n\x0fGetEventRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\"\xa1\x01\n\x11ListEventsRequest\x12\x19\n\tfrom_date\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x17\n\x07to_date\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x1b\n\npage_token\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"Q\n\x12ListEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.slotlock.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xae\x01\n\x11\x43reateHoldRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12,\n\x0bticket_type\x18\x03 \x01(\x0e\x32\x17.slotlock.v1.TicketType\x12\x1d\n\x0c\x63ustomer_ref\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\x12 \n\x0fidempotency_key\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\"W\n\x12\x43reateHoldResponse\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.slotlock.v1.Reservation\x12\x12\n\nhold_token\x18\x02 \x01(\t\"\x88\x01\n\x1bRecordPaymentAttemptRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12,\n\x07payment\x18\x03 \x01(\x0b\x32\x1b.slotlock.v1.PaymentAttempt\"u\n\x12\x43onfirmHoldRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12\"\n\x11payment_reference\x18\x03 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\"Q\n\x12ReleaseHoldRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\"T\n\x15GetReservationRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\"\x93\x01\n\x17ListReservationsRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.slotlock.v1.ReservationStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x1b\n\npage_token\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"c\n\x18ListReservationsResponse\x12.\n\x0creservations\x18\x01 \x03(\x0b\x32\x18.slotlock.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x18RefundReservationRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\xf4\x03\"\x19\n\x17\x45xpireStaleHoldsRequest\"=\n\x18\x45xpireStaleHoldsResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x05\x32\xd8\x08\n\x12ReservationService\x12O\n\x0bUpsertEvent\x12\x1f.slotlock.v1.UpsertEventRequest\x1a\x12.slotlock.v1.Event\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12Q\n\x08GetEvent\x12\x1c.slotlock.v1.GetEventRequest\x1a\x12.slotlock.v1.Event\"\x13\xd2\xf3\x18\x0f\n\x06reader\n\x05\x61\x64min\x12\x62\n\nListEvents\x12\x1e.slotlock.v1.ListEventsRequest\x1a\x1f.slotlock.v1.ListEventsResponse\"\x13\xd2\xf3\x18\x0f\n\x06reader\n\x05\x61\x64min\x12\x63\n\nCreateHold\x12\x1e.slotlock.v1.CreateHoldRequest\x1a\x1f.slotlock.v1.CreateHoldResponse\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12p\n\x14RecordPaymentAttempt\x12(.slotlock.v1.RecordPaymentAttemptRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12^\n\x0b\x43onfirmHold\x12\x1f.slotlock.v1.ConfirmHoldRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12^\n\x0bReleaseHold\x12\x1f.slotlock.v1.ReleaseHoldRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12\x64\n\x0eGetReservation\x12\".slotlock.v1.GetReservationRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12l\n\x10ListReservations\x12$.slotlock.v1.ListReservationsRequest\x1a%.slotlock.v1.ListReservationsResponse\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12\x61\n\x11RefundReservation\x12%.slotlock.v1.RefundReservationRequest\x1a\x18.slotlock.v1.Reservation\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12l\n\x10\x45xpireStaleHolds\x12$.slotlock.v1.ExpireStaleHoldsRequest\x1a%.slotlock.v1.ExpireStaleHoldsResponse\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64minb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -73,6 +74,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEHOLDREQUEST'].fields_by_name['hold_token']._serialized_options = b'\312\363\030\003\010\200\001'
   _globals['_GETRESERVATIONREQUEST'].fields_by_name['reservation_id']._loaded_options = None
   _globals['_GETRESERVATIONREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\312\363\030\002\010@'
+  _globals['_GETRESERVATIONREQUEST'].fields_by_name['hold_token']._loaded_options = None
+  _globals['_GETRESERVATIONREQUEST'].fields_by_name['hold_token']._serialized_options = b'\312\363\030\003\010\200\001'
   _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['event_id']._loaded_options = None
   _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['event_id']._serialized_options = b'\312\363\030\002\010@'
   _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
@@ -81,36 +84,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFUNDRESERVATIONREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\312\363\030\002\010@'
   _globals['_REFUNDRESERVATIONREQUEST'].fields_by_name['reason']._loaded_options = None
   _globals['_REFUNDRESERVATIONREQUEST'].fields_by_name['reason']._serialized_options = b'\312\363\030\003\010\364\003'
-  _globals['_UPSERTEVENTREQUEST']._serialized_start=100
-  _globals['_UPSERTEVENTREQUEST']._serialized_end=452
-  _globals['_GETEVENTREQUEST']._serialized_start=454
-  _globals['_GETEVENTREQUEST']._serialized_end=497
-  _globals['_LISTEVENTSREQUEST']._serialized_start=500
-  _globals['_LISTEVENTSREQUEST']._serialized_end=661
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=663
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=744
-  _globals['_CREATEHOLDREQUEST']._serialized_start=747
-  _globals['_CREATEHOLDREQUEST']._serialized_end=921
-  _globals['_CREATEHOLDRESPONSE']._serialized_start=923
-  _globals['_CREATEHOLDRESPONSE']._serialized_end=1010
-  _globals['_RECORDPAYMENTATTEMPTREQUEST']._serialized_start=1013
-  _globals['_RECORDPAYMENTATTEMPTREQUEST']._serialized_end=1149
-  _globals['_CONFIRMHOLDREQUEST']._serialized_start=1151
-  _globals['_CONFIRMHOLDREQUEST']._serialized_end=1268
-  _globals['_RELEASEHOLDREQUEST']._serialized_start=1270
-  _globals['_RELEASEHOLDREQUEST']._serialized_end=1351
-  _globals['_GETRESERVATIONREQUEST']._serialized_start=1353
-  _globals['_GETRESERVATIONREQUEST']._serialized_end=1408
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1411
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1558
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1560
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1659
-  _globals['_REFUNDRESERVATIONREQUEST']._serialized_start=1661
-  _globals['_REFUNDRESERVATIONREQUEST']._serialized_end=1744
-  _globals['_EXPIRESTALEHOLDSREQUEST']._serialized_start=1746
-  _globals['_EXPIRESTALEHOLDSREQUEST']._serialized_end=1771
-  _globals['_EXPIRESTALEHOLDSRESPONSE']._serialized_start=1773
-  _globals['_EXPIRESTALEHOLDSRESPONSE']._serialized_end=1834
-  _globals['_RESERVATIONSERVICE']._serialized_start=1837
-  _globals['_RESERVATIONSERVICE']._serialized_end=2745
+  _globals['_RESERVATIONSERVICE'].methods_by_name['UpsertEvent']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['UpsertEvent']._serialized_options = b'\322\363\030\007\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['GetEvent']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['GetEvent']._serialized_options = b'\322\363\030\017\n\006reader\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ListEvents']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\322\363\030\017\n\006reader\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['CreateHold']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['CreateHold']._serialized_options = b'\322\363\030\020\n\007booking\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['RecordPaymentAttempt']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['RecordPaymentAttempt']._serialized_options = b'\322\363\030\020\n\007booking\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ConfirmHold']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ConfirmHold']._serialized_options = b'\322\363\030\020\n\007booking\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ReleaseHold']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ReleaseHold']._serialized_options = b'\322\363\030\020\n\007booking\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['GetReservation']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['GetReservation']._serialized_options = b'\322\363\030\020\n\007booking\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ListReservations']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ListReservations']._serialized_options = b'\322\363\030\007\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['RefundReservation']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['RefundReservation']._serialized_options = b'\322\363\030\007\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ExpireStaleHolds']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ExpireStaleHolds']._serialized_options = b'\322\363\030\007\n\005admin'
+  _globals['_UPSERTEVENTREQUEST']._serialized_start=126
+  _globals['_UPSERTEVENTREQUEST']._serialized_end=478
+  _globals['_GETEVENTREQUEST']._serialized_start=480
+  _globals['_GETEVENTREQUEST']._serialized_end=523
+  _globals['_LISTEVENTSREQUEST']._serialized_start=526
+  _globals['_LISTEVENTSREQUEST']._serialized_end=687
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=689
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=770
+  _globals['_CREATEHOLDREQUEST']._serialized_start=773
+  _globals['_CREATEHOLDREQUEST']._serialized_end=947
+  _globals['_CREATEHOLDRESPONSE']._serialized_start=949
+  _globals['_CREATEHOLDRESPONSE']._serialized_end=1036
+  _globals['_RECORDPAYMENTATTEMPTREQUEST']._serialized_start=1039
+  _globals['_RECORDPAYMENTATTEMPTREQUEST']._serialized_end=1175
+  _globals['_CONFIRMHOLDREQUEST']._serialized_start=1177
+  _globals['_CONFIRMHOLDREQUEST']._serialized_end=1294
+  _globals['_RELEASEHOLDREQUEST']._serialized_start=1296
+  _globals['_RELEASEHOLDREQUEST']._serialized_end=1377
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=1379
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=1463
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1466
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1613
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1615
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1714
+  _globals['_REFUNDRESERVATIONREQUEST']._serialized_start=1716
+  _globals['_REFUNDRESERVATIONREQUEST']._serialized_end=1799
+  _globals['_EXPIRESTALEHOLDSREQUEST']._serialized_start=1801
+  _globals['_EXPIRESTALEHOLDSREQUEST']._serialized_end=1826
+  _globals['_EXPIRESTALEHOLDSRESPONSE']._serialized_start=1828
+  _globals['_EXPIRESTALEHOLDSRESPONSE']._serialized_end=1889
+  _globals['_RESERVATIONSERVICE']._serialized_start=1892
+  _globals['_RESERVATIONSERVICE']._serialized_end=3004
 # @@protoc_insertion_point(module_scope)

@@ -288,15 +288,19 @@ class GetReservationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    HOLD_TOKEN_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
+    hold_token: _builtins.str
+    """Required unless the caller is an admin: a booking caller sees only holds it can prove."""
     def __init__(
         self,
         *,
         reservation_id: _builtins.str = ...,
+        hold_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_token", b"hold_token", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
-import grpc
 import pytest
 
 from reservation_service.migrations import apply_migrations
@@ -19,7 +18,7 @@ from slotlock.feed import Feed
 from slotlock.v1 import reservation_pb2_grpc
 from slotlock_cli.devstack import DevStack
 from slotlock_cli.system import create_database, drop_database
-from tests.support import StartReservation
+from tests.support import TEST_SECURITY, StartReservation, open_channel
 
 TEMPLATE = "slotlock_template"
 
@@ -56,6 +55,7 @@ async def start_reservation(
                 stream=feed.stream,
                 subject_prefix=feed.subject_prefix,
                 hold_token_secret="test-secret",
+                security=TEST_SECURITY,
                 expiry_recheck_s=0.5,
             ),
             **overrides,
@@ -75,5 +75,5 @@ async def reservation(
 ) -> AsyncIterator[reservation_pb2_grpc.ReservationServiceStub]:
     """A stub for one default in-process replica."""
     server = await start_reservation()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(f"127.0.0.1:{server.port}") as channel:
         yield reservation_pb2_grpc.ReservationServiceStub(channel)

@@ -23,6 +23,7 @@ from availability_service.settings import Settings
 from slotlock.feed import Feed
 from slotlock.v1 import availability_pb2, availability_pb2_grpc, catalog_pb2, changes_pb2
 from slotlock_cli.devstack import DevStack, EmbeddedNats
+from tests.support import TEST_SECURITY, open_channel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -106,12 +107,14 @@ async def relay_on(nats_url: str, feed: Feed) -> AsyncIterator[Relay]:
 async def service(
     nats_url: str, feed: Feed, *, max_watchers: int = 100, wait: bool = True
 ) -> AsyncIterator[tuple[AvailabilityServer, Any]]:
-    settings = Settings(nats_url=nats_url, feed=feed, port=0, max_watchers=max_watchers)
+    settings = Settings(
+        nats_url=nats_url, feed=feed, port=0, max_watchers=max_watchers, security=TEST_SECURITY
+    )
     server = await AvailabilityServer(settings, heartbeat_s=0.5).start()
     try:
         if wait:
             await asyncio.wait_for(server.view.wait_ready(), 10)
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with open_channel(server.address) as channel:
             yield server, channel
     finally:
         await server.stop(grace=0.5)
@@ -361,7 +364,7 @@ async def test_slow_watcher_does_not_hold_up_a_fast_one(stack: DevStack, feed: F
         async with service(stack.nats_url, feed) as (server, channel):
             api = stub(channel)
             # Its own connection so that its unread stream fills only its own HTTP/2 windows.
-            async with grpc.aio.insecure_channel(server.address) as slow_channel:
+            async with open_channel(server.address) as slow_channel:
                 slow = stub(slow_channel).WatchAvailability(
                     availability_pb2.WatchAvailabilityRequest()
                 )

@@ -16,11 +16,11 @@ from reservation_service.server import ReservationServer
 from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
 from slotlock_cli.builders import event_request
-from tests.support import StartReservation
+from tests.support import StartReservation, open_channel
 
 
 def stub_for(server: ReservationServer, channels: list[grpc.aio.Channel]) -> ReservationServiceStub:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = open_channel(f"127.0.0.1:{server.port}")
     channels.append(channel)
     return ReservationServiceStub(channel)
 

@@ -15,7 +15,7 @@ import pytest
 from slotlock.v1 import catalog_pb2, reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
 from slotlock_cli.builders import event_request
-from tests.support import StartReservation
+from tests.support import StartReservation, open_channel
 
 Stub = ReservationServiceStub
 PENDING = catalog_pb2.RESERVATION_STATUS_PENDING
@@ -352,7 +352,7 @@ async def test_cancelling_during_confirms_and_releases_takes_locks_in_one_order(
     second, deadlock_timeout, and a retry) and the counters add up."""
     server = await start_reservation()
     assert server.store is not None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(f"127.0.0.1:{server.port}") as channel:
         stub = Stub(channel)
         for round_ in range(3):
             code = f"LOCKS-{round_}"

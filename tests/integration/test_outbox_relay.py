@@ -8,7 +8,6 @@ import random
 import time
 from collections import defaultdict
 
-import grpc
 import nats
 import nats.js.errors
 import psycopg
@@ -19,7 +18,7 @@ from slotlock.v1 import changes_pb2, reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
 from slotlock_cli.builders import event_request
 from slotlock_cli.devstack import DevStack, EmbeddedNats
-from tests.support import StartReservation
+from tests.support import StartReservation, open_channel
 
 
 def test_change_id_is_appended_without_reencoding() -> None:
@@ -73,7 +72,7 @@ async def test_every_change_arrives_once_in_order_across_a_nats_outage(
     start_reservation: StartReservation, own_nats: EmbeddedNats, feed: Feed, database_url: str
 ) -> None:
     server = await start_reservation(nats_url=own_nats.url, hold_ttl_s=60)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(f"127.0.0.1:{server.port}") as channel:
         stub = ReservationServiceStub(channel)
         events = [
             await stub.UpsertEvent(event_request(f"RELAY-{i}", capacity=1000)) for i in range(3)
@@ -128,7 +127,7 @@ async def test_relay_standby_replica_takes_over(
 ) -> None:
     first = await start_reservation()
     second = await start_reservation()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+    async with open_channel(f"127.0.0.1:{second.port}") as channel:
         stub = ReservationServiceStub(channel)
         event = await stub.UpsertEvent(event_request("RELAY-HA", capacity=100))
         await stub.CreateHold(reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=1))
@@ -146,7 +145,7 @@ async def test_relay_repairs_a_feed_that_lost_messages(
     """Postgres is the truth: if JetStream loses acknowledged messages (or the stream is purged),
     the relay re-publishes each event's current state, at the database's version."""
     first = await start_reservation()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+    async with open_channel(f"127.0.0.1:{first.port}") as channel:
         stub = ReservationServiceStub(channel)
         events = [await stub.UpsertEvent(event_request(f"HEAL-{i}", capacity=50)) for i in range(3)]
         for event in events:

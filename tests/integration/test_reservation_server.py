@@ -3,16 +3,15 @@ pure code, tested in tests/unit/test_reservation_settings.py.)"""
 
 from __future__ import annotations
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.support import StartReservation
+from tests.support import StartReservation, open_channel
 
 
 async def test_health_and_reflection(start_reservation: StartReservation) -> None:
     server = await start_reservation()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(f"127.0.0.1:{server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ("", "slotlock.v1.ReservationService"):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=name))

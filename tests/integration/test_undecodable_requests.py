@@ -15,7 +15,7 @@ from availability_service.settings import Settings as AvailabilitySettings
 from slotlock.feed import Feed
 from slotlock.v1 import availability_pb2, reservation_pb2
 from slotlock_cli.devstack import DevStack
-from tests.support import StartReservation
+from tests.support import TEST_SECURITY, StartReservation, open_channel
 
 # A truncated length and plain garbage are undecodable as any message; bad UTF-8 is, where
 # field 1 is a string.
@@ -60,7 +60,7 @@ async def test_every_rpc_refuses_undecodable_bodies(
 ) -> None:
     reservation = await start_reservation()
     availability = await AvailabilityServer(
-        AvailabilitySettings(nats_url=stack.nats_url, feed=feed, port=0)
+        AvailabilitySettings(nats_url=stack.nats_url, feed=feed, port=0, security=TEST_SECURITY)
     ).start()
     try:
         await asyncio.wait_for(availability.view.wait_ready(), 10)
@@ -74,7 +74,7 @@ async def test_every_rpc_refuses_undecodable_bodies(
         seen = 0
         with caplog.at_level(logging.WARNING):
             for address, rpcs in targets:
-                async with grpc.aio.insecure_channel(address) as channel:
+                async with open_channel(address) as channel:
                     for path, type_name, streaming, bodies in rpcs:
                         for body in bodies:
                             code, details = await call_raw(channel, path, streaming, body)

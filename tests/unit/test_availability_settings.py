@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from availability_service.settings import Settings, SettingsError
+from tests.support import SECURE_ENV
 
 
 def test_defaults() -> None:
-    settings = Settings.from_env({})
+    settings = Settings.from_env(SECURE_ENV)
     assert settings.nats_url == "nats://127.0.0.1:4222"
     assert settings.feed.stream == "SLOTLOCK_EVENTS"
     assert settings.feed.subject_prefix == "slotlock.event"
@@ -20,6 +21,7 @@ def test_defaults() -> None:
 def test_values_are_read() -> None:
     settings = Settings.from_env(
         {
+            **SECURE_ENV,
             "SLOTLOCK_AVAILABILITY_PORT": "0",
             "SLOTLOCK_BADGE_FEW_LEFT": "3",
             "SLOTLOCK_BADGE_SHARE": "0.25",

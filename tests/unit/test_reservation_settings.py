@@ -9,18 +9,20 @@ import pytest
 
 from reservation_service.settings import Settings
 from slotlock.settings import SettingsError
+from tests.support import SECURE_ENV
 
 
 def test_settings_from_environment() -> None:
     settings = Settings.from_env(
         {
+            **SECURE_ENV,
             "SLOTLOCK_HOLD_TTL_S": "1.5",
             "SLOTLOCK_RESERVATION_PORT": "6000",
             "SLOTLOCK_RUN_RELAY": "no",
         }
     )
     assert (settings.hold_ttl_s, settings.port, settings.run_relay) == (1.5, 6000, False)
-    assert Settings.from_env({}).hold_ttl_s == 300
+    assert Settings.from_env(SECURE_ENV).hold_ttl_s == 300
     # One error type and one message style for every service now (was InvalidRequest and
     # "SLOTLOCK_HOLD_TTL_S='soon' is not a number"): "<NAME> must be <what>, not '<value>'".
     for env, words in (
@@ -34,7 +36,7 @@ def test_settings_from_environment() -> None:
 
 def test_several_workers_need_a_fixed_port() -> None:
     with pytest.raises(SettingsError, match="SLOTLOCK_WORKERS must be 1 when"):
-        Settings.from_env({"SLOTLOCK_WORKERS": "2", "SLOTLOCK_RESERVATION_PORT": "0"})
+        Settings.from_env({**SECURE_ENV, "SLOTLOCK_WORKERS": "2", "SLOTLOCK_RESERVATION_PORT": "0"})
 
 
 # Past the security settings' checks (a closed test network), so that only ours are tested.

@@ -16,6 +16,7 @@ from gateway.settings import Settings as GatewaySettings
 from reservation_service.settings import Settings as ReservationSettings
 from slotlock import settings
 from slotlock.settings import KNOWN_VARIABLES, Reader, SettingsError
+from tests.support import SECURE_ENV
 
 
 def test_unset_and_empty_mean_the_default() -> None:
@@ -156,7 +157,7 @@ def test_stream_and_subject_prefix() -> None:
 
 
 def test_the_reservation_service_and_the_gateway_read_one_seat_limit() -> None:
-    env = {"SLOTLOCK_MAX_SEATS_PER_HOLD": "4"}
+    env = {**SECURE_ENV, "SLOTLOCK_MAX_SEATS_PER_HOLD": "4"}
     assert ReservationSettings.from_env(env).max_seats_per_hold == 4
     assert GatewaySettings.from_env(env).max_seats_per_hold == 4
     assert GatewaySettings().max_seats_per_hold == ReservationSettings().max_seats_per_hold
@@ -201,7 +202,7 @@ def test_every_variable_a_service_reads_is_known() -> None:
         AvailabilitySettings.from_env,
         GatewaySettings.from_env,
     ):
-        read_settings(Recording())
+        read_settings(Recording(SECURE_ENV))
     assert seen and seen <= set(KNOWN_VARIABLES)
     assert settings.unknown_variables(dict.fromkeys(seen, "")) == []
 
