@@ -7,6 +7,10 @@
   re-publish after a crash between publish and mark is dropped by JetStream as a duplicate.
 - When NATS is down, rows wait in the table; the first failure in a batch ends it, and the next
   attempt starts again from the first unmarked row, so per-event order survives outages.
+- A row that no retry will publish (larger than the server's max_payload, refused by the stream
+  as malformed) never stalls the rows behind it: it is set aside as a dead letter (its reason
+  kept in the row, one ERROR logged, ``dead_lettered`` counted), its event's current state is
+  published as a snapshot so consumers stay correct, and the relay goes on at once.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from datetime import UTC, datetime
 import nats
 import psycopg
 from nats.aio.client import Client as NatsClient
+from nats.errors import BadHeaderError, BadSubjectError, MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 from psycopg.rows import TupleRow, dict_row
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
@@ -30,7 +35,7 @@ from reservation_service import sql
 from reservation_service.convert import event_to_proto, timestamp
 from reservation_service.db import Pool
 from reservation_service.retention import Housekeeper, Retention
-from reservation_service.rows import event_from_row
+from reservation_service.rows import Row, event_from_row
 from slotlock.feed import Feed
 from slotlock.v1 import changes_pb2
 
@@ -60,6 +65,26 @@ def with_change_id(payload: bytes, change_id: int) -> bytes:
 
 class PublishFailed(Exception):
     pass
+
+
+# Failures of one message that publishing it again cannot fix: nats-py refuses a payload over the
+# server's max_payload before sending it, and JetStream answers 400 to a message it will never take.
+UNPUBLISHABLE: tuple[type[Exception], ...] = (
+    MaxPayloadError,
+    BadSubjectError,
+    BadHeaderError,
+    BadRequestError,
+)
+
+
+class Unpublishable(PublishFailed):
+    """The row ``change_id`` (of event ``event_id``) can never be published: set it aside."""
+
+    def __init__(self, change_id: int, event_id: str, error: BaseException) -> None:
+        self.change_id = change_id
+        self.event_id = event_id
+        self.reason = f"{type(error).__name__}: {error}"
+        super().__init__(f"outbox row {change_id} cannot be published ({self.reason})")
 
 
 class OutboxRelay:
@@ -94,6 +119,7 @@ class OutboxRelay:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self.published = 0  # count, for logs and tests
+        self.dead_lettered = 0  # rows set aside by this relay (all of them: see dead_letters())
 
     def wake(self) -> None:
         self._wake.set()
@@ -167,6 +193,8 @@ class OutboxRelay:
                 try:
                     await self._publish_in_order(rows)
                 except PublishFailed as error:
+                    if isinstance(error, Unpublishable) and await self._set_aside(error):
+                        continue  # the rows behind it go on at once
                     log.warning("outbox relay: %s; will retry", error)
                     await asyncio.sleep(0.25)
                     continue
@@ -193,7 +221,8 @@ class OutboxRelay:
         js = self._jetstream()
         futures: list[asyncio.Future[PubAck]] = []
         failure: BaseException | None = None
-        for change_id, event_id, payload in rows:
+        failed_at = 0  # the index in ``rows`` of the row that failed, when one did
+        for index, (change_id, event_id, payload) in enumerate(rows):
             try:
                 futures.append(
                     await js.publish_async(
@@ -205,7 +234,7 @@ class OutboxRelay:
                     )
                 )
             except Exception as error:  # not connected, stalled: stop issuing, keep order
-                failure = error
+                failure, failed_at = error, index
                 break
         acked: list[int] = []
         if futures:
@@ -213,16 +242,55 @@ class OutboxRelay:
             _, late = await asyncio.wait(futures, timeout=self._ack_timeout_s)
             for future in late:
                 future.cancel()
-            for (change_id, _, _), future in zip(rows, futures, strict=False):
+            for index, ((change_id, _, _), future) in enumerate(zip(rows, futures, strict=False)):
                 problem = future.exception() if not future.cancelled() else TimeoutError("no ack")
-                if problem is not None:
-                    failure = failure or problem
+                if problem is not None:  # the first row in order that failed is the one to judge
+                    failure, failed_at = problem, index
                     break
                 acked.append(change_id)
         if acked:
             await self._mark_published(acked)
         if failure is not None:
+            if isinstance(failure, UNPUBLISHABLE):
+                change_id, event_id, _ = rows[failed_at]
+                raise Unpublishable(change_id, event_id, failure) from failure
             raise PublishFailed(f"{type(failure).__name__}: {failure}") from failure
+
+    async def _set_aside(self, stuck: Unpublishable) -> bool:
+        """Publish the current state of the stuck row's event as a snapshot (consumers skip the
+        versions it covers when the rows behind arrive), then mark the row dead-lettered, so the
+        next round starts past it. False when NATS failed meanwhile: the next round finds the row
+        again and does both again (a repeated snapshot is dropped by its Nats-Msg-Id)."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(QUERIES["event_state"], {"id": stuck.event_id})
+            row = await cur.fetchone()
+        if row is not None:
+            try:
+                await self._publish_snapshot(self._jetstream(), row)
+            except UNPUBLISHABLE as error:  # not expected of a snapshot; reconciliation retries
+                log.error("outbox relay: no snapshot of event %s: %s", stuck.event_id, error)
+            except Exception as error:
+                log.warning("outbox relay: snapshot of event %s failed: %s", stuck.event_id, error)
+                return False
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                QUERIES["dead_letter"], {"id": stuck.change_id, "reason": stuck.reason}
+            )
+        self.dead_lettered += 1
+        log.error(
+            "outbox relay: %s; set aside as a dead letter (outbox.dead_lettered_at), and event "
+            "%s's current state published in its place",
+            stuck,
+            stuck.event_id,
+        )
+        return True
+
+    async def dead_letters(self) -> list[tuple[int, str, str]]:
+        """Every row set aside, oldest first: (outbox id, event id, reason)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUERIES["dead_letters"])
+            return [(int(r[0]), str(r[1]), str(r[2])) for r in await cur.fetchall()]
 
     async def _mark_published(self, ids: list[int]) -> None:
         async for attempt in AsyncRetrying(
@@ -287,18 +355,23 @@ class OutboxRelay:
                 waiting = await cur2.fetchone()
             if waiting and waiting[0]:
                 continue  # the outbox brings it, in order
-            snapshot = changes_pb2.EventChange(
-                type=changes_pb2.CHANGE_TYPE_STATE_SNAPSHOT,
-                event=event_to_proto(event),
-                occurred_at=timestamp(row["updated_at"]),
-            )
-            await js.publish(
-                self._feed.subject_for(event.id),
-                snapshot.SerializeToString(),
-                headers={"Nats-Msg-Id": f"snapshot-{event.id}-{event.version}"},
-            )
+            await self._publish_snapshot(js, row)
             repaired += 1
         return repaired, (str(rows[-1]["id"]) if len(rows) == limit else None)
+
+    async def _publish_snapshot(self, js: JetStreamContext, row: Row) -> None:
+        """The event of ``row`` (from the events table) as it is now, as a STATE_SNAPSHOT."""
+        event = event_from_row(row)
+        snapshot = changes_pb2.EventChange(
+            type=changes_pb2.CHANGE_TYPE_STATE_SNAPSHOT,
+            event=event_to_proto(event),
+            occurred_at=timestamp(row["updated_at"]),
+        )
+        await js.publish(
+            self._feed.subject_for(event.id),
+            snapshot.SerializeToString(),
+            headers={"Nats-Msg-Id": f"snapshot-{event.id}-{event.version}"},
+        )
 
     async def _version_on_feed(self, js: JetStreamContext, event_id: str) -> int:
         try:

@@ -4,8 +4,9 @@ SELECT pg_try_advisory_lock(%(key)s) AS locked;
 
 -- name: unpublished
 -- By id, which per event is commit order: writers take the event row lock before they insert.
+-- Dead letters (migration 0003) are left out: they will never be published.
 SELECT id, event_id::text AS event_id, payload FROM outbox
-WHERE published_at IS NULL
+WHERE published_at IS NULL AND dead_lettered_at IS NULL
 ORDER BY id
 LIMIT %(limit)s;
 
@@ -22,5 +23,20 @@ ORDER BY id LIMIT %(limit)s;
 
 -- name: has_unpublished
 SELECT EXISTS (
-    SELECT 1 FROM outbox WHERE event_id = %(event_id)s AND published_at IS NULL
+    SELECT 1 FROM outbox
+    WHERE event_id = %(event_id)s AND published_at IS NULL AND dead_lettered_at IS NULL
 ) AS waiting;
+
+-- name: event_state
+-- The current state of the event of a dead-lettered row, published as a snapshot in its place.
+SELECT * FROM events WHERE id = %(id)s;
+
+-- name: dead_letter
+UPDATE outbox SET dead_lettered_at = clock_timestamp(), dead_letter_reason = %(reason)s
+WHERE id = %(id)s AND published_at IS NULL;
+
+-- name: dead_letters
+-- What an operator looks at: every row the relay set aside, and why.
+SELECT id, event_id::text AS event_id, dead_letter_reason FROM outbox
+WHERE dead_lettered_at IS NOT NULL
+ORDER BY id;

@@ -11,7 +11,11 @@ from collections import defaultdict
 import nats
 import nats.js.errors
 import psycopg
+import pytest
 
+from reservation_service import convert
+from reservation_service.application import Hold
+from reservation_service.holds import HoldRequest, TicketType
 from reservation_service.outbox import with_change_id
 from slotlock.feed import Feed
 from slotlock.v1 import changes_pb2, reservation_pb2
@@ -177,3 +181,113 @@ async def test_relay_repairs_a_feed_that_lost_messages(
             await asyncio.sleep(0.1)
     finally:
         await nc.close()
+
+
+def too_large_for(payload: bytes, max_payload: int) -> bytes:
+    """``payload`` grown past ``max_payload`` with an unknown field (still valid protobuf)."""
+    size = max_payload + 1
+    tag, length = (9999 << 3) | 2, size
+    extra = bytearray()
+    for value in (tag, length):
+        while value > 0x7F:
+            extra.append((value & 0x7F) | 0x80)
+            value >>= 7
+        extra.append(value)
+    return payload + bytes(extra) + b"x" * size
+
+
+async def test_relay_sets_aside_a_row_it_cannot_publish_and_goes_on(
+    start_reservation: StartReservation,
+    stack: DevStack,
+    feed: Feed,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One outbox row over NATS's max_payload (nats-py refuses it before sending) must not stall
+    the relay: it is dead-lettered with its reason and one ERROR, the event's current state goes
+    out as a snapshot, and every row behind it is published in order."""
+    writer = await start_reservation(run_relay=False)  # rows wait until a relay starts
+    app = writer.reservations
+    assert app is not None
+
+    async def hold(event_id: str, quantity: int) -> Hold:
+        return await app.create_hold(HoldRequest(event_id, quantity, TicketType.DINNER, "", None))
+
+    event = await app.upsert_event(convert.event_spec_from_proto(event_request("STUCK-1", 50)))
+    other = await app.upsert_event(convert.event_spec_from_proto(event_request("STUCK-2", 50)))
+    first = await hold(event.id, 2)
+    await hold(event.id, 3)
+    nc = await nats.connect(stack.nats_url)
+    max_payload = nc.max_payload
+    await nc.close()
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT id, payload FROM outbox WHERE event_id = %s ORDER BY id DESC LIMIT 1",
+            (event.id,),
+        ).fetchone()
+        assert row is not None
+        stuck_id = int(row[0])
+        conn.execute(
+            "UPDATE outbox SET payload = %s WHERE id = %s",
+            (too_large_for(bytes(row[1]), max_payload), stuck_id),
+        )
+    # Behind the stuck row: more changes of the same event and of another one.
+    await app.confirm_hold(first.reservation.id, first.token, "pay-1")
+    await hold(event.id, 1)
+    for _ in range(3):
+        await hold(other.id, 1)
+
+    relay_server = await start_reservation()
+    relay = relay_server.relay
+    assert relay is not None
+    deadline = time.monotonic() + 15
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            waiting = conn.execute(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL AND id <> %s", (stuck_id,)
+            ).fetchone()
+            assert waiting is not None
+            if waiting[0] == 0 and relay.dead_lettered == 1:
+                break
+            assert time.monotonic() < deadline, f"{waiting[0]} rows behind the stuck one wait"
+            await asyncio.sleep(0.1)
+        dead = conn.execute(
+            "SELECT id, published_at, dead_lettered_at, dead_letter_reason FROM outbox"
+            " WHERE dead_lettered_at IS NOT NULL"
+        ).fetchall()
+        truth = conn.execute(
+            "SELECT version, paid, pending FROM events WHERE id = %s", (event.id,)
+        ).fetchone()
+        others = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM outbox WHERE id <> %s ORDER BY id", (stuck_id,)
+            ).fetchall()
+        ]
+    assert len(dead) == 1 and dead[0][0] == stuck_id and dead[0][1] is None
+    assert "MaxPayload" in dead[0][3], dead[0][3]
+    assert await relay.dead_letters() == [(stuck_id, event.id, dead[0][3])]
+    assert truth == (5, 2, 4)
+
+    nc = await nats.connect(stack.nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(feed.stream)
+        messages = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(feed.stream, seq)
+            messages.append((msg.subject, changes_pb2.EventChange.FromString(msg.data)))
+    finally:
+        await nc.close()
+    published_ids = [change.change_id for _, change in messages if change.change_id]
+    assert sorted(published_ids) == others, "every other row, once"
+    of_event = [change for subject, change in messages if subject == feed.subject_for(event.id)]
+    snapshots = [c for c in of_event if c.type == changes_pb2.CHANGE_TYPE_STATE_SNAPSHOT]
+    assert len(snapshots) == 1
+    last = max(of_event, key=lambda c: c.event.version)
+    assert (last.event.version, last.event.paid, last.event.pending) == truth
+    assert of_event[-1].event.version == truth[0], "the feed ends at the database's state"
+    errors_logged = [
+        r for r in caplog.records if r.levelname == "ERROR" and str(stuck_id) in r.getMessage()
+    ]
+    assert len(errors_logged) == 1
