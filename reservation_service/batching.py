@@ -20,6 +20,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from reservation_service.holds import HoldOutcome, HoldRequest
+from slotlock import deadlines
 from slotlock.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class HoldBatcher:
         return await future
 
     async def _drain(self, event_id: str) -> None:
+        # This task was started by one caller and copied its context; the batches it runs serve
+        # many callers, so that caller's deadline must not bound them (slotlock.deadlines).
+        deadlines.set_remaining(None)
         queue = self._queues[event_id]
         try:
             while queue:
