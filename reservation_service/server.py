@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import psycopg
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
 
@@ -20,6 +20,7 @@ from reservation_service import convert
 from reservation_service.application import Reservations
 from reservation_service.db import Database, Pool
 from reservation_service.expiry import Expirer
+from reservation_service.health import DatabaseProbe
 from reservation_service.holds import HoldPolicy, HoldTokens
 from reservation_service.migrations import (
     SchemaNotCurrent,
@@ -30,12 +31,19 @@ from reservation_service.outbox import OutboxRelay
 from reservation_service.servicer import ReservationServicer
 from reservation_service.settings import INSECURE_DEV_SECRET, Settings
 from reservation_service.store import ReservationStore
+from slotlock import deadlines
 from slotlock.grpc_server import add_port, create_server
+from slotlock.health import Health
 from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = reservation_pb2.DESCRIPTOR.services_by_name["ReservationService"].full_name
+SERVICE = reservation_pb2.DESCRIPTOR.services_by_name["ReservationService"]
+SERVICE_NAME = SERVICE.full_name
+# psycopg_pool doubles its reconnect delay up to this long, then gives the attempt up and starts a
+# fresh one (1 s delay) on the next demand for a connection; its default (300 s) let the delay
+# grow so far that service resumed 12 s after an outage ended. The health probe is the demand.
+RECONNECT_GIVE_UP_S = 2.0
 
 
 @dataclass
@@ -48,6 +56,8 @@ class ReservationServer:
     relay: OutboxRelay | None = None
     expirer: Expirer | None = None
     reservations: Reservations | None = None
+    health: Health = field(default_factory=lambda: Health(SERVICE_NAME))
+    probe: DatabaseProbe | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> ReservationServer:
@@ -61,12 +71,18 @@ class ReservationServer:
         else:  # no DDL rights: `slotlock migrate` must have run
             await check_schema_current(s.database_url)
         self.pool = pool = AsyncConnectionPool(
-            s.database_url, min_size=2, max_size=s.db_pool_size, open=False, timeout=10
+            s.database_url,
+            min_size=2,
+            max_size=s.db_pool_size,
+            open=False,
+            timeout=s.db_unavailable_after_s,
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
         )
         await pool.open(wait=True, timeout=30)
+        database = Database(pool, unavailable_after_s=s.db_unavailable_after_s)
         self.relay = OutboxRelay(pool, s.database_url, s.nats_url, s.feed, retention=s.retention)
         self.store = ReservationStore(
-            Database(pool),
+            database,
             convert.change_payload,  # the store writes payloads; it does not know their format
             on_commit=self.relay.wake,
             notify_other_replicas=s.notify_other_replicas,
@@ -82,10 +98,10 @@ class ReservationServer:
 
         self.server = create_server(s.security)
         reservation_pb2_grpc.add_ReservationServiceServicer_to_server(
-            ReservationServicer(self.reservations), self.server
+            deadlines.following_deadlines(ReservationServicer(self.reservations), SERVICE),
+            self.server,
         )
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        self.health.add_to(self.server)
         if s.security.reflection:
             reflection.enable_server_reflection(
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -96,12 +112,25 @@ class ReservationServer:
             self.tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         if s.run_expirer:
             self.tasks.append(asyncio.create_task(self.expirer.run(), name="expirer"))
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.probe = DatabaseProbe(database, self.health.set_serving, probe_s=s.health_probe_s)
+        self.tasks.append(asyncio.create_task(self.probe.run(), name="database-probe"))
+        await self.health.start(serving=True)
         log.info("reservation service listening on %s:%d", s.host, self.port)
         return self
 
+    async def drain(self) -> None:
+        """SIGTERM: NOT_SERVING first (for ``drain_delay_s``, still answering, while load
+        balancers notice), then no new calls, calls in flight finish within ``shutdown_grace_s``,
+        and the background work stops."""
+        s = self.settings
+        await self.health.drain()
+        if s.drain_delay_s:
+            log.info("NOT_SERVING; draining for %g s before refusing new calls", s.drain_delay_s)
+            await asyncio.sleep(s.drain_delay_s)
+        await self.stop(grace=s.shutdown_grace_s)
+
     async def stop(self, grace: float = 2.0) -> None:
+        await self.health.drain()
         if self.server is not None:
             await self.server.stop(grace)
         if self.reservations is not None:
@@ -125,7 +154,8 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("reservation service stopping")
-    await server.stop()
+    await server.drain()
+    log.info("reservation service stopped")
 
 
 def run_one(settings: Settings) -> None:
@@ -164,8 +194,8 @@ def run_workers(settings: Settings) -> int:
     for worker in workers:
         if worker.is_alive():
             worker.terminate()
-    for worker in workers:
-        worker.join(15)
+    for worker in workers:  # each drains: NOT_SERVING, then its calls in flight finish
+        worker.join(settings.drain_delay_s + settings.shutdown_grace_s + 10)
     return 0 if stopping and all(w.exitcode in (0, -signal.SIGTERM) for w in workers) else 1
 
 

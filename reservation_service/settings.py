@@ -31,6 +31,13 @@ class Settings:
     max_seats_per_hold: int = 10
     hold_token_secret: str = INSECURE_DEV_SECRET
     db_pool_size: int = 10
+    # Outages (README, "Health, drain and outages"): how long a call may wait for Postgres before
+    # it is answered UNAVAILABLE (never past the caller's deadline), how often health checks it,
+    # and how a SIGTERM drains: NOT_SERVING for drain_delay_s, then calls in flight get grace_s.
+    db_unavailable_after_s: float = 2.0
+    health_probe_s: float = 1.0
+    drain_delay_s: float = 0.0
+    shutdown_grace_s: float = 10.0
     max_batch: int = 256
     expiry_recheck_s: float = 2.0
     stream: str = DEFAULT_STREAM
@@ -87,6 +94,18 @@ class Settings:
             hold_token_secret=read.text("SLOTLOCK_HOLD_TOKEN_SECRET", d.hold_token_secret),
             db_pool_size=read.integer(
                 "SLOTLOCK_DB_POOL_SIZE", d.db_pool_size, minimum=2, maximum=200
+            ),
+            db_unavailable_after_s=read.number(
+                "SLOTLOCK_DB_UNAVAILABLE_AFTER_S", d.db_unavailable_after_s, minimum=0.1, maximum=60
+            ),
+            health_probe_s=read.number(
+                "SLOTLOCK_HEALTH_PROBE_S", d.health_probe_s, minimum=0.1, maximum=60
+            ),
+            drain_delay_s=read.number(
+                "SLOTLOCK_DRAIN_DELAY_S", d.drain_delay_s, minimum=0, maximum=300
+            ),
+            shutdown_grace_s=read.number(
+                "SLOTLOCK_SHUTDOWN_GRACE_S", d.shutdown_grace_s, minimum=0, maximum=3600
             ),
             max_batch=read.integer("SLOTLOCK_MAX_BATCH", d.max_batch, minimum=1, maximum=10000),
             expiry_recheck_s=read.number(
