@@ -17,7 +17,7 @@ from reservation_service.holds import HoldRequest, TicketType
 from slotlock.v1 import reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
 from slotlock_cli.builders import event_request
-from tests.support import StartReservation
+from tests.support import StartReservation, open_channel
 
 
 def counts(database_url: str, event_id: str) -> tuple[int, int, int, int]:
@@ -44,7 +44,7 @@ async def test_one_poisoned_request_fails_alone_and_every_valid_hold_in_its_batc
     """Below the edge (which refuses NULs), a request Postgres rejects shares a batch with 30
     valid holds on the same event: it fails alone, and each of the 30 gets its seat."""
     server = await start_reservation()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(f"127.0.0.1:{server.port}") as channel:
         stub = ReservationServiceStub(channel)
         event = await stub.UpsertEvent(event_request("POISON-1", capacity=100))
     reservations = server.reservations
@@ -76,7 +76,7 @@ async def test_a_hold_whose_deadline_passed_while_its_batch_waited_takes_no_seat
     server = await start_reservation()
     reservations = server.reservations
     assert reservations is not None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(f"127.0.0.1:{server.port}") as channel:
         stub = ReservationServiceStub(channel)
         event = await stub.UpsertEvent(event_request("LATE-1", capacity=100))
         with psycopg.connect(database_url) as blocker:
