@@ -15,25 +15,37 @@ from slotlock.errors import (
 
 
 class InvalidField(InvalidRequest):
+    reason = "INVALID_FIELD"
+
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
+        super().__init__(f"{field}: {problem}", field=field)
 
 
 class EventNotFound(NotFound):
+    reason = "EVENT_NOT_FOUND"
+
     def __init__(self, event_id: str) -> None:
-        super().__init__(f"event {event_id} not found")
+        super().__init__(f"event {event_id} not found", metadata={"event_id": event_id})
 
 
 class ReservationNotFound(NotFound):
+    reason = "RESERVATION_NOT_FOUND"
+
     def __init__(self, reservation_id: str) -> None:
-        super().__init__(f"reservation {reservation_id} not found")
+        super().__init__(
+            f"reservation {reservation_id} not found", metadata={"reservation_id": reservation_id}
+        )
 
 
 class NotEnoughSeats(Conflict):
+    reason = "NOT_ENOUGH_SEATS"
+
     def __init__(self, requested: int, remaining: int) -> None:
         left = "no seats are left" if remaining == 0 else f"only {remaining} left"
-        super().__init__(f"not enough seats: {requested} requested, {left}")
+        super().__init__(
+            f"not enough seats: {requested} requested, {left}",
+            metadata={"seats_requested": str(requested), "seats_left": str(remaining)},
+        )
         self.requested = requested
         self.remaining = remaining
 
@@ -41,26 +53,37 @@ class NotEnoughSeats(Conflict):
 class EventNotOpen(Conflict):
     """The event is cancelled or its sales are closed."""
 
+    reason = "EVENT_NOT_OPEN"
+
 
 class EventStarted(Conflict):
+    reason = "EVENT_STARTED"
+
     def __init__(self) -> None:
         super().__init__("the event has already started; holds are no longer taken")
 
 
 class TicketTypeDisabled(Conflict):
+    reason = "TICKET_TYPE_DISABLED"
+
     def __init__(self) -> None:
         super().__init__("experience-only tickets are not enabled for this event")
 
 
 class CapacityBelowSold(Conflict):
+    reason = "CAPACITY_BELOW_SOLD"
+
     def __init__(self, capacity: int, taken: int) -> None:
         super().__init__(
             f"capacity {capacity} is below the {taken} seats already paid or held; "
-            "release or refund holds first"
+            "release or refund holds first",
+            metadata={"capacity": str(capacity), "seats_taken": str(taken)},
         )
 
 
 class HoldExpired(Conflict):
+    reason = "HOLD_EXPIRED"
+
     def __init__(self) -> None:
         super().__init__("hold expired: its seats were released; create a new hold")
 
@@ -68,13 +91,19 @@ class HoldExpired(Conflict):
 class WrongHoldState(Conflict):
     """The reservation is not in a state that allows the request (e.g. releasing a PAID one)."""
 
+    reason = "WRONG_HOLD_STATE"
+
 
 class WrongHoldToken(PermissionDenied):
+    reason = "WRONG_HOLD_TOKEN"
+
     def __init__(self) -> None:
         super().__init__("the hold token does not match this reservation")
 
 
 class IdempotencyKeyReused(AlreadyExists):
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
     def __init__(self) -> None:
         super().__init__(
             "this idempotency key was already used for a different request; "
@@ -83,6 +112,8 @@ class IdempotencyKeyReused(AlreadyExists):
 
 
 class DeadlinePassed(DeadlineExceeded):
+    reason = "DEADLINE_PASSED"
+
     def __init__(self) -> None:
         super().__init__(
             "the deadline passed before the hold was written; no seats were taken "
@@ -91,6 +122,8 @@ class DeadlinePassed(DeadlineExceeded):
 
 
 class DatabaseUnavailable(Unavailable):
+    reason = "DATABASE_UNAVAILABLE"
+
     def __init__(self, detail: str = "") -> None:
         message = "the reservation database is unavailable; retry shortly"
         super().__init__(f"{message} ({detail})" if detail else message)

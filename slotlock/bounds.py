@@ -86,7 +86,9 @@ def _check(message: Message, prefix: str) -> None:
         if rule.is_repeated:
             if rule.max_items and len(value) > rule.max_items:
                 raise InvalidRequest(
-                    f"{path}: at most {rule.max_items:,} entries, got {len(value):,}"
+                    f"{path}: at most {rule.max_items:,} entries, got {len(value):,}",
+                    field=path,
+                    reason="FIELD_TOO_LONG",
                 )
             items = value.keys() if rule.is_map else value
             if rule.is_string:
@@ -103,9 +105,17 @@ def _check(message: Message, prefix: str) -> None:
 
 def _check_text(value: str, rule: FieldRule, path: str) -> None:
     if rule.max_length and len(value) > rule.max_length:
-        raise InvalidRequest(f"{path}: at most {rule.max_length:,} characters, got {len(value):,}")
+        raise InvalidRequest(
+            f"{path}: at most {rule.max_length:,} characters, got {len(value):,}",
+            field=path.removesuffix(" entry"),
+            reason="FIELD_TOO_LONG",
+        )
     if "\x00" in value:
-        raise InvalidRequest(f"{path}: must not contain NUL characters")
+        raise InvalidRequest(
+            f"{path}: must not contain NUL characters",
+            field=path.removesuffix(" entry"),
+            reason="NUL_CHARACTER",
+        )
 
 
 def unbounded_fields(descriptor: Descriptor, seen: Mapping[str, bool] | None = None) -> list[str]:

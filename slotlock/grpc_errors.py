@@ -1,4 +1,4 @@
-"""The one place where slotlock errors become gRPC status codes.
+"""The one place where slotlock errors become gRPC status codes, and where each call is observed.
 
 ``ErrorInterceptor`` sits on both servers and wraps every RPC, unary and server-streaming, so no
 servicer method has to remember to: a ``SlotlockError`` ends the call with the code of its
@@ -7,6 +7,15 @@ INVALID_ARGUMENT (grpc.aio would otherwise answer UNKNOWN and log a traceback); 
 unexpected is logged once and answered INTERNAL, never UNKNOWN and never a traceback on the wire.
 Before any handler runs, the request's fields are checked against the contract's bounds
 (``slotlock.bounds``): size limits and no NUL characters.
+
+A refusal carries ``google.rpc`` details in the standard ``grpc-status-details-bin`` trailer
+(what grpcio-status reads): an ``ErrorInfo`` with the error's stable ``reason`` and its
+``metadata`` (``NOT_ENOUGH_SEATS`` with ``seats_left``...), and for an invalid field a
+``BadRequest`` field violation. ``error_details`` decodes them on the client side.
+
+Each call also gets a request id (the caller's ``x-request-id`` metadata, or a new one, echoed in
+the trailers and put on every log line written during the call), a count and a latency by status
+code (``slotlock.metrics``), a server span when tracing is on, and one log line if it failed.
 """
 
 from __future__ import annotations
@@ -14,13 +23,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from slotlock import bounds, errors
+from slotlock import bounds, errors, logs, metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +45,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.SlotlockError], grpc.StatusCode], ...] 
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -37,6 +53,23 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.SlotlockError], grpc.StatusCode], ...] 
 )
 
 INTERNAL_MESSAGE = "internal error; see the service log"
+ERROR_DOMAIN = "slotlock"  # ErrorInfo.domain of every slotlock refusal
+REQUEST_ID = "x-request-id"
+DETAILS_KEY = "grpc-status-details-bin"
+_MAX_REQUEST_ID = 128
+# Codes that say the caller (or the request) was refused, not that the service is in trouble:
+# their one log line is INFO. CANCELLED (the caller went away, e.g. a closed watch) is DEBUG.
+_CALLER_CODES = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "FAILED_PRECONDITION",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "OUT_OF_RANGE",
+    }
+)
 
 
 def status_for(error: errors.SlotlockError) -> grpc.StatusCode:
@@ -88,6 +121,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     deserializer = handler.request_deserializer
     type_name = _message_name(deserializer, method)
+    observed = _Method(method, "server_stream" if handler.response_streaming else "unary")
 
     def decode(raw: bytes) -> object:
         if deserializer is None:
@@ -99,81 +133,280 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(
-            _streaming(handler.unary_stream, method),
+            _streaming(handler.unary_stream, observed),
             request_deserializer=decode,
             response_serializer=handler.response_serializer,
         )
     return grpc.unary_unary_rpc_method_handler(
-        _unary(handler.unary_unary, method),
+        _unary(handler.unary_unary, observed),
         request_deserializer=decode,
         response_serializer=handler.response_serializer,
     )
 
 
-def _unary(behaviour: Behaviour, method: str) -> Behaviour:
+def _unary(behaviour: Behaviour, observed: _Method) -> Behaviour:
+    method = observed.full_name
+
     async def call(request: object, context: Context) -> object:
-        if isinstance(request, Undecodable):
-            await _refuse_undecodable(request, method, context)
-        try:
-            bounds.check_request(request)  # type: ignore[arg-type]  # decoded by protobuf
-            result = behaviour(request, context)
-            return await result if inspect.isawaitable(result) else result
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as error:
-            await _abort_for(error, method, context)
+        with _Call(observed, context) as scope:
+            if isinstance(request, Undecodable):
+                await _refuse_undecodable(request, scope, context)
+            try:
+                bounds.check_request(request)  # type: ignore[arg-type]  # decoded by protobuf
+                result = behaviour(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as error:
+                await _abort_for(error, method, scope, context)
         raise AssertionError("unreachable: context.abort raises")
 
     return call
 
 
-def _streaming(behaviour: Behaviour, method: str) -> Behaviour:
+def _streaming(behaviour: Behaviour, observed: _Method) -> Behaviour:
+    method = observed.full_name
     if not inspect.isasyncgenfunction(behaviour):
         # A handler that writes with context.write (the health service's Watch) stays a
         # coroutine: grpc.aio refuses a generator that also writes.
         async def call_writer(request: object, context: Context) -> None:
-            if isinstance(request, Undecodable):
-                await _refuse_undecodable(request, method, context)
-            try:
-                bounds.check_request(request)  # type: ignore[arg-type]
-                result = behaviour(request, context)
-                if inspect.isawaitable(result):
-                    await result
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception as error:
-                await _abort_for(error, method, context)
+            with _Call(observed, context) as scope:
+                if isinstance(request, Undecodable):
+                    await _refuse_undecodable(request, scope, context)
+                try:
+                    bounds.check_request(request)  # type: ignore[arg-type]
+                    result = behaviour(request, context)
+                    if inspect.isawaitable(result):
+                        await result
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as error:
+                    await _abort_for(error, method, scope, context)
 
         return call_writer
 
     async def call(request: object, context: Context) -> AsyncIterator[object]:
-        if isinstance(request, Undecodable):
-            await _refuse_undecodable(request, method, context)
-        try:
-            bounds.check_request(request)  # type: ignore[arg-type]
-            async for item in behaviour(request, context):
-                yield item
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as error:
-            await _abort_for(error, method, context)
+        with _Call(observed, context) as scope:
+            if isinstance(request, Undecodable):
+                await _refuse_undecodable(request, scope, context)
+            try:
+                bounds.check_request(request)  # type: ignore[arg-type]
+                async for item in behaviour(request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as error:
+                await _abort_for(error, method, scope, context)
 
     return call
 
 
-async def _refuse_undecodable(request: Undecodable, method: str, context: Context) -> None:
-    log.warning("%s: refused a request that is not a valid %s", method, request.type_name)
+class _Method:
+    """One RPC method's metric series, looked up once (a labelled child per status code)."""
+
+    def __init__(self, full_name: str, grpc_type: str) -> None:
+        self.full_name = full_name
+        service, _, name = full_name.lstrip("/").partition("/")
+        self._labels = (service, name, grpc_type)
+        self._started = metrics.RPC_STARTED.labels(*self._labels)
+        self._by_code: dict[str, tuple[Any, Any]] = {}
+
+    def started(self) -> None:
+        self._started.inc()
+
+    def finished(self, code: str, seconds: float) -> None:
+        series = self._by_code.get(code)
+        if series is None:
+            series = self._by_code[code] = (
+                metrics.RPC_HANDLED.labels(*self._labels, code),
+                metrics.RPC_SECONDS.labels(*self._labels, code),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
+
+
+@dataclass
+class _Call:
+    """The life of one call: its request id in the log context, its span, its timer; on exit,
+    its count and latency by code and, if it failed, its one log line."""
+
+    method: _Method
+    context: Context
+    request_id: str = ""
+    code: str | None = None  # set before an abort of ours, so the log line knows the reason
+    reason: str = ""
+    message: str = ""
+    _started: float = 0.0
+    _token: Any = None
+    _span_scope: Any = None
+    _span: Any = field(default=None, repr=False)
+
+    def __enter__(self) -> _Call:
+        metadata = self.context.invocation_metadata() or ()
+        self.request_id = _request_id_of(metadata)
+        self._token = logs.request_id.set(self.request_id)
+        self.context.set_trailing_metadata(((REQUEST_ID, self.request_id),))
+        self._span_scope = tracing.rpc_span(self.method.full_name, metadata)
+        self._span = self._span_scope.__enter__()
+        self.method.started()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        seconds = time.perf_counter() - self._started
+        code = self._code_after(error)
+        try:
+            self.method.finished(code, seconds)
+            if code != "OK":
+                self._log_failure(code, seconds)
+            tracing.end_rpc_span(self._span, code, self.message)
+        finally:
+            self._span_scope.__exit__(None, None, None)
+            logs.request_id.reset(self._token)
+
+    def _code_after(self, error: BaseException | None) -> str:
+        if error is None:
+            return "OK"
+        if self.code is not None:
+            return self.code
+        if isinstance(error, asyncio.CancelledError | GeneratorExit):
+            return "CANCELLED"
+        if isinstance(error, grpc.aio.AbortError):  # a handler's own context.abort
+            code = self.context.code()
+            return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+        return "UNKNOWN"
+
+    def _log_failure(self, code: str, seconds: float) -> None:
+        if code == "INTERNAL":
+            return  # logged with its traceback where it was caught: one line per call
+        if code == "CANCELLED":
+            level = logging.DEBUG
+        elif code in _CALLER_CODES:
+            level = logging.INFO
+        else:
+            level = logging.WARNING
+        if not log.isEnabledFor(level):
+            return
+        fields: dict[str, object] = {
+            "rpc": self.method.full_name,
+            "code": code,
+            "duration_ms": round(seconds * 1000, 2),
+        }
+        if self.reason:
+            fields["reason"] = self.reason
+        log.log(
+            level,
+            "%s failed: %s %s",
+            self.method.full_name,
+            code,
+            self.message,
+            extra={"fields": fields},
+        )
+
+
+def _request_id_of(metadata: Any) -> str:
+    for key, value in metadata:
+        if key == REQUEST_ID and isinstance(value, str):
+            value = value.strip()
+            if 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable():
+                return value
+            break
+    return secrets.token_hex(8)
+
+
+async def _refuse_undecodable(request: Undecodable, scope: _Call, context: Context) -> None:
+    error = errors.InvalidRequest(
+        f"the request could not be decoded as {request.type_name}", reason="UNDECODABLE_REQUEST"
+    )
+    await _abort_with(error, grpc.StatusCode.INVALID_ARGUMENT, scope, context)
+
+
+async def _abort_for(error: Exception, method: str, scope: _Call, context: Context) -> None:
+    if isinstance(error, errors.SlotlockError):
+        await _abort_with(error, status_for(error), scope, context)
+    log.exception("internal error in %s", method)
+    scope.code, scope.reason, scope.message = "INTERNAL", "INTERNAL", INTERNAL_MESSAGE
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+async def _abort_with(
+    error: errors.SlotlockError, code: grpc.StatusCode, scope: _Call, context: Context
+) -> None:
+    scope.code, scope.reason, scope.message = code.name, error.reason, error.message
     await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"the request could not be decoded as {request.type_name}",
+        code,
+        error.message,
+        trailing_metadata=(
+            (DETAILS_KEY, status_details(error, code)),
+            (REQUEST_ID, scope.request_id),
+        ),
     )
 
 
-async def _abort_for(error: Exception, method: str, context: Context) -> None:
-    if isinstance(error, errors.SlotlockError):
-        await context.abort(status_for(error), error.message)
-    log.exception("internal error in %s", method)
-    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+def status_details(error: errors.SlotlockError, code: grpc.StatusCode) -> bytes:
+    """The serialized ``google.rpc.Status`` of a refusal: an ErrorInfo always, a BadRequest
+    field violation when the error names the request field at fault."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    details = [_packed(info)]
+    field_name = getattr(error, "field", None)
+    if field_name:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=field_name, description=error.message, reason=error.reason
+        )
+        details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    return bytes(status.SerializeToString())
+
+
+def _packed(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+# --- the client side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """What a slotlock refusal says to a program: its stable reason, facts about it, and the
+    request fields at fault (field path -> description)."""
+
+    reason: str
+    metadata: Mapping[str, str]
+    field_violations: Mapping[str, str]
+    request_id: str | None = None
+
+
+def error_details(error: grpc.RpcError) -> ErrorDetails | None:
+    """Decode the ``google.rpc`` details of a failed call (an ``AioRpcError`` or a sync one);
+    None when the server sent none (an error from grpc itself, or not a slotlock server)."""
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # the trailer does not match the call's status: not ours
+        return None
+    if status is None:
+        return None
+    reason, metadata, violations = "", {}, {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.update({v.field: v.description for v in bad.field_violations})
+    trailers = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    request_id = next((str(v) for k, v in trailers if k == REQUEST_ID), None)
+    return ErrorDetails(reason, metadata, violations, request_id)
 
 
 def _message_name(deserializer: Callable[[bytes], object] | None, method: str) -> str:

@@ -20,6 +20,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TextIO, TypeVar
 
 PREFIX = "SLOTLOCK_"
@@ -65,6 +66,11 @@ KNOWN_VARIABLES: Mapping[str, str] = {
     "SLOTLOCK_GATEWAY_MAX_BODY_BYTES": "gateway",
     "SLOTLOCK_RESERVATION_ADDR": "gateway, slotlock CLI",
     "SLOTLOCK_AVAILABILITY_ADDR": "gateway, slotlock CLI",
+    "SLOTLOCK_RESERVATION_METRICS_PORT": "reservation (0 or unset: no metrics endpoint)",
+    "SLOTLOCK_AVAILABILITY_METRICS_PORT": "availability (0 or unset: no metrics endpoint)",
+    "SLOTLOCK_GATEWAY_METRICS_PORT": "gateway (0 or unset: no metrics endpoint)",
+    "SLOTLOCK_LOG_FORMAT": "reservation, availability, gateway (json or console)",
+    "SLOTLOCK_OTEL_EXPORTER": "reservation, availability (none, console or otlp)",
     # Security (slotlock.auth, slotlock.tls): servers, then clients.
     "SLOTLOCK_AUTH_JWT_SECRET": "reservation, availability",
     "SLOTLOCK_AUTH_JWT_PUBLIC_KEY_FILE": "reservation, availability",
@@ -177,6 +183,16 @@ class Reader:
             raise _fail(name, "one of " + ", ".join(LOG_LEVELS), raw)
         return raw.upper()
 
+    def choice(self, name: str, default: str, choices: Iterable[str]) -> str:
+        """One of ``choices`` (compared in lower case)."""
+        raw = self.raw(name)
+        allowed = tuple(choices)
+        if raw is None:
+            return default
+        if raw.lower() not in allowed:
+            raise _fail(name, "one of " + ", ".join(allowed), raw)
+        return raw.lower()
+
     def url(self, name: str, default: str, *, schemes: Iterable[str]) -> str:
         """A URL whose scheme is one of ``schemes`` and which names a host."""
         raw = self.raw(name)
@@ -220,6 +236,28 @@ def read_max_seats_per_hold(read: Reader) -> int:
     """Read by the reservation service, which enforces it, and by the gateway, which tells the
     page (its seat picker stops there): one definition so the two cannot disagree."""
     return read.integer("SLOTLOCK_MAX_SEATS_PER_HOLD", 10, minimum=1, maximum=10000)
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """What every service reads about metrics, logs and traces (README, "Operations")."""
+
+    metrics_port: int = 0  # 0: no metrics endpoint
+    log_format: str = "json"
+    otel_exporter: str = "none"
+
+
+def read_telemetry(read: Reader, metrics_port_variable: str) -> Telemetry:
+    """Read by each service with its own ``SLOTLOCK_<SERVICE>_METRICS_PORT``; the log format
+    and the trace exporter are shared names (one environment file serves them all)."""
+    d = Telemetry()
+    return Telemetry(
+        metrics_port=read.port(metrics_port_variable, d.metrics_port),
+        log_format=read.choice("SLOTLOCK_LOG_FORMAT", d.log_format, ("json", "console")),
+        otel_exporter=read.choice(
+            "SLOTLOCK_OTEL_EXPORTER", d.otel_exporter, ("none", "console", "otlp")
+        ),
+    )
 
 
 def _check_range(
