@@ -29,9 +29,9 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    logging.getLogger(__name__).info("shutting down")
+    logging.getLogger(__name__).info("draining: NOT_SERVING, then calls in flight finish")
     freezer.cancel()
-    await server.stop()
+    await server.drain()
 
 
 def main() -> None:

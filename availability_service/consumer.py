@@ -10,6 +10,11 @@ callback subscription (``async for`` is far slower).
 
 NATS errors stop here: they are logged, retried with tenacity, and surface as
 ``slotlock.errors.Unavailable``.
+
+How far behind the feed the view is (``lag_s``): the view is known current as of the last moment
+the consumer had applied everything the stream held (a message with nothing pending after it, or
+an idle heartbeat that confirms no delivery was missed); while catching up, as of the publish time
+of the newest message applied. Health follows it (``AvailabilityServer``).
 """
 
 from __future__ import annotations
@@ -77,6 +82,19 @@ class FeedConsumer:
         self._need_sync = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._current_as_of = time.monotonic()  # see lag_s
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def lag_s(self) -> float:
+        """Seconds since the view was last known to hold everything on the feed."""
+        return max(0.0, time.monotonic() - self._current_as_of)
+
+    def _note_current(self, as_of: float | None = None) -> None:
+        now = time.monotonic()
+        self._current_as_of = max(self._current_as_of, now if as_of is None else min(as_of, now))
 
     async def start(self) -> None:
         """Start following the feed in the background; the view turns ready once caught up."""
@@ -220,6 +238,7 @@ class FeedConsumer:
             info.num_pending,
         )
         if not info.num_pending and generation == self._generation:
+            self._note_current()
             self._caught_up()
 
     # -- the message path ----------------------------------------------------------------------
@@ -255,8 +274,13 @@ class FeedConsumer:
             else:
                 if facts.event_id:
                     self.view.apply(facts)
-            if metadata.num_pending == 0 and not self.view.ready:
-                self._caught_up()
+            if metadata.num_pending == 0:
+                self._note_current()
+                if not self.view.ready:
+                    self._caught_up()
+            elif metadata.timestamp is not None:  # behind: current as of this message
+                age = max(0.0, time.time() - metadata.timestamp.timestamp())
+                self._note_current(time.monotonic() - age)
 
         return on_message
 
@@ -274,6 +298,8 @@ class FeedConsumer:
             )
             self._generation += 1
             self._need_sync.set()
+        elif description.startswith("Idle") and self.view.ready:
+            self._note_current()  # nothing missed, nothing pending: the view is current
 
     def _caught_up(self) -> None:
         if not self.view.ready:

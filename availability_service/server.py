@@ -1,7 +1,11 @@
 """Wires the service together: feed consumer, view, gRPC server with health and reflection.
 
 Health reports NOT_SERVING (for "" and the service name) until the view is rebuilt, so load
-balancers and ``ServiceProcess.wait_serving`` only send traffic to a replica that knows the state.
+balancers and ``ServiceProcess.wait_serving`` only send traffic to a replica that knows the state;
+afterwards, whenever the replica is disconnected from NATS or more than ``max_feed_lag_s`` behind
+the feed. Then watch streams end (UNAVAILABLE, "reconnect") and new ones are refused, so watchers
+move to a replica that is live, or wait and show "updates paused"; reads answer from the last
+known state. ``"liveness"`` stays SERVING while the process runs (``slotlock.health``).
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
 from availability_service import servicer
@@ -18,6 +23,7 @@ from availability_service.consumer import FeedConsumer
 from availability_service.settings import Settings
 from availability_service.view import AvailabilityView
 from slotlock.grpc_server import add_port, create_server
+from slotlock.health import Health
 from slotlock.v1 import availability_pb2
 
 log = logging.getLogger(__name__)
@@ -35,7 +41,7 @@ class AvailabilityServer:
         self.consumer = FeedConsumer(
             settings.nats_url, settings.feed, self.view, heartbeat_s=heartbeat_s
         )
-        self.health = health.aio.HealthServicer()
+        self.health = Health(SERVICE_NAME)
         self.server = create_server(settings.security)
         self.port = 0
         self._ready_task: asyncio.Task[None] | None = None
@@ -46,31 +52,73 @@ class AvailabilityServer:
 
     async def start(self) -> AvailabilityServer:
         servicer.add_to_server(servicer.AvailabilityServicer(self.view), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.health.add_to(self.server)
         if self.settings.security.reflection:
             reflection.enable_server_reflection(
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
             )
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.start(serving=False)
         self.port = add_port(
             self.server, self.settings.host, self.settings.port, self.settings.security
         )
         await self.server.start()
         log.info("availability service listening on %s", self.address)
         await self.consumer.start()
-        self._ready_task = asyncio.create_task(self._serve_when_ready())
+        self._ready_task = asyncio.create_task(self._follow_feed_health(), name="feed-health")
         return self
 
-    async def _serve_when_ready(self) -> None:
+    def feed_problem(self) -> str | None:
+        """Why this replica is not live right now, in words for logs and clients; None if live."""
+        lag = self.consumer.lag_s()
+        if lag > self.settings.max_feed_lag_s:
+            return (
+                f"the availability service is {lag:.1f} s behind the feed "
+                f"(more than {self.settings.max_feed_lag_s:g} s)"
+            )
+        if not self.consumer.connected:
+            return "the availability service lost its connection to the feed (NATS)"
+        return None
+
+    async def _follow_feed_health(self, every_s: float = 0.25) -> None:
+        """Readiness follows the feed at once; watchers are let go only once the view is staler
+        than ``max_feed_lag_s``, so a broker restart of a second does not drop every stream."""
         await self.view.wait_ready()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING with %d events", len(self.view.views))
+        await self.health.set_serving(True)
+        not_serving_since = 0.0
+        while True:
+            problem = self.feed_problem()
+            if problem is not None and await self.health.set_serving(False):
+                not_serving_since = time.monotonic()
+                log.warning("NOT_SERVING: %s", problem)
+            elif problem is None and await self.health.set_serving(True):
+                log.warning(
+                    "SERVING again after %.1f s: the feed is live (lag %.1f s)",
+                    time.monotonic() - not_serving_since,
+                    self.consumer.lag_s(),
+                )
+            stale = self.consumer.lag_s() > self.settings.max_feed_lag_s
+            if stale and self.view.paused is None and problem is not None:
+                self.view.paused = f"{problem}; reconnect (to another replica) shortly"
+                self.view.hub.close_all(self.view.paused)
+                log.warning("watch streams ended and new ones refused until the feed is live")
+            elif not stale and self.view.paused is not None:
+                self.view.paused = None
+            await asyncio.sleep(every_s)
+
+    async def drain(self) -> None:
+        """SIGTERM: NOT_SERVING first (for ``drain_delay_s``, still answering, while load
+        balancers notice), then ``stop`` with ``shutdown_grace_s``."""
+        await self.health.drain()
+        if self.settings.drain_delay_s:
+            log.info("NOT_SERVING; draining for %g s", self.settings.drain_delay_s)
+            await asyncio.sleep(self.settings.drain_delay_s)
+        await self.stop(grace=self.settings.shutdown_grace_s)
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Stop taking calls, end the watch streams, let unary calls finish within ``grace``."""
-        await self.health.enter_graceful_shutdown()
+        """Stop taking calls, end the watch streams (UNAVAILABLE: reconnect elsewhere), let unary
+        calls finish within ``grace``."""
+        await self.health.drain()
         if self._ready_task is not None:
             self._ready_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -24,6 +24,12 @@ class Settings:
     port: int = 50052  # 0 = pick a free port (logged)
     badge_policy: BadgePolicy = field(default_factory=BadgePolicy)
     max_watchers: int = 10_000
+    # Health (README, "Health, drain and outages"): NOT_SERVING while disconnected from NATS or
+    # more than max_feed_lag_s behind the feed; on SIGTERM, NOT_SERVING for drain_delay_s, then
+    # watch streams end (UNAVAILABLE) and unary calls in flight get shutdown_grace_s.
+    max_feed_lag_s: float = 5.0
+    drain_delay_s: float = 0.0
+    shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
     # Who may call and over what (tokens, TLS, reflection). The default authenticates nobody, so
     # a server refuses to start with it: tests and `slotlock dev` set one up.
@@ -52,6 +58,15 @@ class Settings:
                 ),
             ),
             max_watchers=read.integer("SLOTLOCK_MAX_WATCHERS", cls.max_watchers, minimum=1),
+            max_feed_lag_s=read.number(
+                "SLOTLOCK_MAX_FEED_LAG_S", cls.max_feed_lag_s, minimum=0.5, maximum=3600
+            ),
+            drain_delay_s=read.number(
+                "SLOTLOCK_DRAIN_DELAY_S", cls.drain_delay_s, minimum=0, maximum=300
+            ),
+            shutdown_grace_s=read.number(
+                "SLOTLOCK_SHUTDOWN_GRACE_S", cls.shutdown_grace_s, minimum=0, maximum=3600
+            ),
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", cls.log_level),
             security=ServerSecurity.read(read),
         )

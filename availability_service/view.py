@@ -28,6 +28,9 @@ class AvailabilityView:
         self.hub: WatcherHub[Message] = WatcherHub(max_watchers)
         self._ready = asyncio.Event()
         self.applied = 0  # accepted changes; logs and tests read it
+        # Why watches are refused right now (the feed is lost or behind), or None. Reads still
+        # answer from the last known state; health says NOT_SERVING meanwhile.
+        self.paused: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -82,6 +85,8 @@ class AvailabilityView:
         """Register a watcher primed with the current state of each event it asks for, except
         those the client already holds at that version or newer."""
         self.require_ready()
+        if self.paused is not None:  # a watch promises live updates: refuse, retry elsewhere
+            raise errors.Unavailable(self.paused)
         if event_ids is None:
             candidates: Iterable[Update[Message]] = self.messages.values()
         else:

@@ -17,6 +17,10 @@ from slotlock.conflation import Mailbox, is_newer
 
 M = TypeVar("M")
 
+# How a watch stream ends when this replica stops following the feed for watchers: UNAVAILABLE
+# (clients retry it) with words that send them elsewhere.
+SHUTTING_DOWN = "this replica is shutting down; reconnect (to another replica)"
+
 
 class TooManyWatchers(errors.ResourceExhausted):
     """The watcher cap is reached; a client may retry later or on another replica."""
@@ -36,18 +40,19 @@ class Update(Generic[M]):
 class Watcher(Mailbox[str, Update[M]]):
     """One watch stream's mailbox: the latest update per event plus a wake-up."""
 
-    __slots__ = ("event_ids",)
+    __slots__ = ("close_reason", "event_ids")
 
     def __init__(self, event_ids: frozenset[str] | None) -> None:
         super().__init__()
         self.event_ids = event_ids  # None = every event
+        self.close_reason = SHUTTING_DOWN
 
     async def next_batch(self, timeout: float | None = None) -> list[Update[M]]:
         """The updates waiting (after waiting for some); ``Unavailable`` once closed and drained,
         so the stream ends with a status the client retries on."""
         batch = await super().next_batch(timeout)
         if not batch and self.closed:
-            raise errors.Unavailable("the service is shutting down")
+            raise errors.Unavailable(self.close_reason)
         return batch
 
 
@@ -130,9 +135,12 @@ class WatcherHub(Generic[M]):
         self._versions[update.event_id] = update.version
         return True
 
-    def close_all(self) -> None:
+    def close_all(self, reason: str = SHUTTING_DOWN) -> None:
+        """End every watch stream with UNAVAILABLE and ``reason``, once its mailbox is drained."""
         for watcher in list(self._all):
+            watcher.close_reason = reason
             watcher.close()
         for group in list(self._by_event.values()):
             for watcher in list(group):
+                watcher.close_reason = reason
                 watcher.close()

@@ -1,0 +1,270 @@
+"""Outage drills, as an operator runs them, on private servers (other tests are not disturbed):
+
+- Postgres stopped: the reservation service turns NOT_SERVING within seconds, calls answer
+  UNAVAILABLE within SLOTLOCK_DB_UNAVAILABLE_AFTER_S (not at the caller's deadline), and service
+  resumes, SERVING, within a couple of seconds of Postgres returning, with nothing lost.
+- NATS stopped: the availability service turns NOT_SERVING, past its max lag ends watch streams
+  with UNAVAILABLE and refuses new ones, and is SERVING and live again after NATS returns.
+- SIGTERM-style drain with calls in flight: NOT_SERVING first, new calls refused, the call in
+  flight completes.
+
+Each asserts behaviour (codes, health transitions, what is stored); the bounds on time are
+generous, for a loaded machine. ``slotlock drill`` prints the actual figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from availability_service.server import AvailabilityServer
+from availability_service.settings import Settings as AvailabilitySettings
+from reservation_service.migrations import apply_migrations
+from reservation_service.server import ReservationServer
+from reservation_service.settings import Settings as ReservationSettings
+from slotlock.feed import Feed
+from slotlock.health import LIVENESS
+from slotlock.v1 import availability_pb2, availability_pb2_grpc, reservation_pb2
+from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
+from slotlock_cli.builders import event_change, event_request, event_snapshot
+from slotlock_cli.devstack import DevStack, EmbeddedNats, EmbeddedPostgres
+from tests.support import TEST_SECURITY, open_channel
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def health_of(channel: grpc.aio.Channel, service: str = "") -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=2
+    )
+    return int(reply.status)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
+    """Seconds until ``check()`` held (polling); fails naming ``what`` after ``within`` s."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < within, f"{what}: not within {within} s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A private Postgres this test may stop and start again (same port, same data)."""
+    server = EmbeddedPostgres(tmp_path / "pg", durable=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@contextlib.asynccontextmanager
+async def reservation_on(
+    database_url: str, nats_url: str, **overrides: Any
+) -> AsyncIterator[tuple[ReservationServer, grpc.aio.Channel]]:
+    feed = Feed(stream=f"T_{uuid.uuid4().hex[:10]}", subject_prefix="outage.event")
+    settings = ReservationSettings(
+        database_url=database_url,
+        nats_url=nats_url,
+        port=0,
+        stream=feed.stream,
+        subject_prefix=feed.subject_prefix,
+        hold_token_secret="test-secret",
+        security=TEST_SECURITY,
+        **overrides,
+    )
+    server = await ReservationServer(settings).start()
+    try:
+        async with open_channel(f"127.0.0.1:{server.port}") as channel:
+            yield server, channel
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_postgres_outage_answers_unavailable_fast_and_service_resumes(
+    own_postgres: EmbeddedPostgres, stack: DevStack
+) -> None:
+    url = own_postgres.url()
+    await apply_migrations(url)
+    async with reservation_on(
+        url, stack.nats_url, db_unavailable_after_s=1.0, health_probe_s=0.25
+    ) as (_, channel):
+        stub = ReservationServiceStub(channel)
+        event = await stub.UpsertEvent(event_request("OUTAGE-PG", capacity=10))
+        before = await stub.CreateHold(
+            reservation_pb2.CreateHoldRequest(
+                event_id=event.id, quantity=2, customer_ref="before", idempotency_key="k-before"
+            )
+        )
+        assert await health_of(channel) == SERVING
+
+        await asyncio.to_thread(own_postgres.stop)
+        await eventually(
+            lambda: _is(health_of(channel), NOT_SERVING), 5, "NOT_SERVING after Postgres stopped"
+        )
+        assert await health_of(channel, LIVENESS) == SERVING  # no reason to restart it
+
+        # A caller with a long deadline hears UNAVAILABLE within the setting, not at its deadline.
+        for call in (
+            lambda: stub.GetEvent(reservation_pb2.GetEventRequest(event_id=event.id), timeout=10),
+            lambda: stub.CreateHold(
+                reservation_pb2.CreateHoldRequest(
+                    event_id=event.id, quantity=1, customer_ref="during", idempotency_key="k-d"
+                ),
+                timeout=10,
+            ),
+        ):
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call()
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value
+            assert time.monotonic() - started < 5  # 1 s setting; 10 s deadline
+        # A caller with a short deadline hears UNAVAILABLE before its deadline, not
+        # DEADLINE_EXCEEDED.
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.GetEvent(reservation_pb2.GetEventRequest(event_id=event.id), timeout=0.6)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value
+
+        await asyncio.to_thread(own_postgres.start)
+        await eventually(
+            lambda: _is(health_of(channel), SERVING), 10, "SERVING after Postgres returned"
+        )
+        after = await stub.CreateHold(
+            reservation_pb2.CreateHoldRequest(
+                event_id=event.id, quantity=3, customer_ref="after", idempotency_key="k-after"
+            ),
+            timeout=5,
+        )
+        current = await stub.GetEvent(reservation_pb2.GetEventRequest(event_id=event.id))
+        # Nothing lost, nothing doubled: the hold before, the one after, none from the outage.
+        assert current.pending == 5, current
+        assert before.reservation.id != after.reservation.id
+
+
+async def _is(status: Awaitable[int], wanted: int) -> bool:
+    try:
+        return await status == wanted
+    except grpc.aio.AioRpcError:
+        return False
+
+
+# ---- availability: NATS stopped -----------------------------------------------------------
+
+
+async def test_nats_outage_turns_availability_not_serving_and_back(own_nats: EmbeddedNats) -> None:
+    feed = Feed(stream=f"T_{uuid.uuid4().hex[:10]}", subject_prefix="outage.event")
+    event_id = str(uuid.uuid4())
+    nc = await nats.connect(own_nats.url)
+    await feed.ensure_stream(nc.jetstream())
+    await nc.jetstream().publish(
+        feed.subject_for(event_id),
+        event_change(event_snapshot(event_id, capacity=10, version=1), 1).SerializeToString(),
+    )
+    await nc.close()
+    settings = AvailabilitySettings(
+        nats_url=own_nats.url, feed=feed, port=0, max_feed_lag_s=1.5, security=TEST_SECURITY
+    )
+    server = await AvailabilityServer(settings, heartbeat_s=0.25).start()
+    try:
+        await asyncio.wait_for(server.view.wait_ready(), 10)
+        async with open_channel(server.address) as channel:
+            stub = availability_pb2_grpc.AvailabilityServiceStub(channel)
+            await eventually(lambda: _is(health_of(channel), SERVING), 5, "SERVING at start")
+            watch = stub.WatchAvailability(
+                availability_pb2.WatchAvailabilityRequest(event_ids=[event_id])
+            )
+            assert (await watch.read()).version == 1
+
+            await asyncio.to_thread(own_nats.stop)
+            await eventually(
+                lambda: _is(health_of(channel), NOT_SERVING), 5, "NOT_SERVING after NATS stopped"
+            )
+            assert await health_of(channel, LIVENESS) == SERVING
+            # Past the max lag the watch ends with a status that sends the client elsewhere.
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await asyncio.wait_for(watch.read(), 10)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "reconnect" in (raised.value.details() or "")
+            refused = stub.WatchAvailability(
+                availability_pb2.WatchAvailabilityRequest(event_ids=[event_id])
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await refused.read()
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            # Reads still answer from the last known state.
+            got = await stub.GetEventAvailability(
+                availability_pb2.GetEventAvailabilityRequest(event_id=event_id)
+            )
+            assert got.version == 1
+
+            await asyncio.to_thread(own_nats.start)
+            await eventually(
+                lambda: _is(health_of(channel), SERVING), 15, "SERVING after NATS returned"
+            )
+            assert server.consumer.lag_s() <= settings.max_feed_lag_s
+            again = stub.WatchAvailability(
+                availability_pb2.WatchAvailabilityRequest(event_ids=[event_id])
+            )
+            assert (await asyncio.wait_for(again.read(), 5)).version == 1
+            again.cancel()
+    finally:
+        await server.stop(grace=0)
+
+
+# ---- drain ---------------------------------------------------------------------------------
+
+
+async def test_drain_lets_calls_in_flight_finish_and_refuses_new_ones(
+    stack: DevStack, database_url: str
+) -> None:
+    async with reservation_on(
+        database_url, stack.nats_url, drain_delay_s=1.0, shutdown_grace_s=10
+    ) as (
+        server,
+        channel,
+    ):
+        stub = ReservationServiceStub(channel)
+        event = await stub.UpsertEvent(event_request("DRAIN", capacity=10))
+        # Hold the event's row so that a CreateHold stays in flight until we let go.
+        async with await psycopg.AsyncConnection.connect(database_url) as blocker:
+            await blocker.execute("BEGIN")
+            await blocker.execute("SELECT 1 FROM events WHERE id = %s FOR UPDATE", (event.id,))
+            in_flight = asyncio.ensure_future(
+                stub.CreateHold(
+                    reservation_pb2.CreateHoldRequest(
+                        event_id=event.id, quantity=2, customer_ref="in-flight"
+                    ),
+                    timeout=20,
+                )
+            )
+            await asyncio.sleep(0.5)
+            assert not in_flight.done()
+            draining = asyncio.create_task(server.drain())
+            # NOT_SERVING first, while still answering (the drain delay) ...
+            await eventually(lambda: _is(health_of(channel), NOT_SERVING), 3, "NOT_SERVING")
+            await asyncio.sleep(1.0)
+            # ... then new calls are refused, while the call in flight goes on.
+            async with open_channel(f"127.0.0.1:{server.port}") as fresh:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await ReservationServiceStub(fresh).GetEvent(
+                        reservation_pb2.GetEventRequest(event_id=event.id), timeout=3
+                    )
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(0.5)
+            assert not draining.done()  # waiting for the call in flight
+            await blocker.execute("ROLLBACK")
+        reply = await asyncio.wait_for(in_flight, 10)
+        assert reply.reservation.quantity == 2
+        await asyncio.wait_for(draining, 10)
