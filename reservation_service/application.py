@@ -9,6 +9,7 @@ are bound to the filters they were issued for. The rules themselves live in ``ho
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from reservation_service.holds import (
     ReservationStatus,
 )
 from reservation_service.store import After, Amend, Settle
-from slotlock import page_tokens
+from slotlock import metrics, page_tokens, tracing
 from slotlock.errors import SlotlockError
 from slotlock.identity import Caller
 
@@ -107,8 +108,23 @@ class Reservations:
         self._policy = policy
         self._tokens = tokens
 
+        # The trace context of each CreateHold waiting in a batch (by the request's identity),
+        # so the batch's span joins their traces; empty with tracing off.
+        self._origins: dict[int, tracing.Context] = {}
+        origins = self._origins
+
         async def place_batch(event_id: str, requests: Sequence[HoldRequest]) -> list[HoldOutcome]:
-            return await store.create_holds(event_id, requests, policy)
+            metrics.HOLD_BATCH_SIZE.observe(len(requests))
+            started = time.perf_counter()
+            try:
+                with tracing.batch_span(
+                    "CreateHold batch",
+                    [origins.get(id(request)) for request in requests],
+                    {"slotlock.event_id": event_id, "slotlock.batch_size": len(requests)},
+                ):
+                    return await store.create_holds(event_id, requests, policy)
+            finally:
+                metrics.HOLD_BATCH_SECONDS.observe(time.perf_counter() - started)
 
         self._batcher = HoldBatcher(place_batch, max_batch=max_batch)
 
@@ -148,7 +164,13 @@ class Reservations:
 
     async def create_hold(self, request: HoldRequest) -> Hold:
         holds.validate_hold_request(request, self._policy)  # bad input never enters a batch
-        outcome = await self._batcher.place(request)
+        origin = tracing.current_context()
+        if origin is not None:
+            self._origins[id(request)] = origin
+        try:
+            outcome = await self._batcher.place(request)
+        finally:
+            self._origins.pop(id(request), None)
         if isinstance(outcome, SlotlockError):
             raise outcome
         self._expirer.notice_expiry(outcome.expires_at)

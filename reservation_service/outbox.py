@@ -36,6 +36,7 @@ from reservation_service.convert import event_to_proto, timestamp
 from reservation_service.db import Pool
 from reservation_service.retention import Housekeeper, Retention
 from reservation_service.rows import Row, event_from_row
+from slotlock import metrics, tracing
 from slotlock.feed import Feed
 from slotlock.v1 import changes_pb2
 
@@ -120,6 +121,7 @@ class OutboxRelay:
         self._js: JetStreamContext | None = None
         self.published = 0  # count, for logs and tests
         self.dead_lettered = 0  # rows set aside by this relay (all of them: see dead_letters())
+        self._traceparents: dict[int, str] = {}  # of the rows being published
 
     def wake(self) -> None:
         self._wake.set()
@@ -215,7 +217,10 @@ class OutboxRelay:
     async def _fetch_unpublished(self) -> list[tuple[int, str, bytes]]:
         async with self._pool.connection() as conn:
             cur = await conn.execute(QUERIES["unpublished"], {"limit": self._batch})
-            return [(int(r[0]), str(r[1]), bytes(r[2])) for r in await cur.fetchall()]
+            found = await cur.fetchall()
+        # Sent on as each message's traceparent header (rows written with tracing on).
+        self._traceparents = {int(r[0]): str(r[3]) for r in found if r[3]}
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in found]
 
     async def _publish_in_order(self, rows: Sequence[tuple[int, str, bytes]]) -> None:
         js = self._jetstream()
@@ -228,7 +233,7 @@ class OutboxRelay:
                     await js.publish_async(
                         self._feed.subject_for(event_id),
                         with_change_id(payload, change_id),
-                        headers={"Nats-Msg-Id": str(change_id)},
+                        headers=self._headers(change_id),
                         # No wait_stall: with one, every publish yields to the loop and the
                         # flusher writes each message on its own (a syscall per message).
                     )
@@ -251,10 +256,17 @@ class OutboxRelay:
         if acked:
             await self._mark_published(acked)
         if failure is not None:
+            metrics.OUTBOX_PUBLISH_FAILURES.inc()
             if isinstance(failure, UNPUBLISHABLE):
                 change_id, event_id, _ = rows[failed_at]
                 raise Unpublishable(change_id, event_id, failure) from failure
             raise PublishFailed(f"{type(failure).__name__}: {failure}") from failure
+
+    def _headers(self, change_id: int) -> dict[str, str]:
+        traceparent = self._traceparents.get(change_id)
+        if traceparent is None:
+            return {"Nats-Msg-Id": str(change_id)}
+        return {"Nats-Msg-Id": str(change_id), tracing.TRACEPARENT: traceparent}
 
     async def _set_aside(self, stuck: Unpublishable) -> bool:
         """Publish the current state of the stuck row's event as a snapshot (consumers skip the
@@ -301,6 +313,7 @@ class OutboxRelay:
                 async with self._pool.connection() as conn:
                     await conn.execute(QUERIES["mark_published"], {"ids": ids})
         self.published += len(ids)
+        metrics.OUTBOX_PUBLISHED.inc(len(ids))
 
     async def _purge(self) -> None:
         try:

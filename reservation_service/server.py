@@ -8,18 +8,18 @@ import multiprocessing
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 import psycopg
 from grpc_health.v1 import health
-from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
 
 from reservation_service import convert
 from reservation_service.application import Reservations
 from reservation_service.db import Database, Pool
 from reservation_service.expiry import Expirer
+from reservation_service.gauges import refresh_gauges
 from reservation_service.health import DatabaseProbe
 from reservation_service.holds import HoldPolicy, HoldTokens
 from reservation_service.migrations import (
@@ -31,7 +31,7 @@ from reservation_service.outbox import OutboxRelay
 from reservation_service.servicer import ReservationServicer
 from reservation_service.settings import INSECURE_DEV_SECRET, Settings
 from reservation_service.store import ReservationStore
-from slotlock import deadlines
+from slotlock import deadlines, logs, metrics, reflection, tracing
 from slotlock.grpc_server import add_port, create_server
 from slotlock.health import Health
 from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
@@ -103,9 +103,7 @@ class ReservationServer:
         )
         self.health.add_to(self.server)
         if s.security.reflection:
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-            )
+            reflection.enable(self.server, (SERVICE_NAME, health.SERVICE_NAME))
         self.port = add_port(self.server, s.host, s.port, s.security)
         await self.server.start()
         if s.run_relay:
@@ -114,6 +112,7 @@ class ReservationServer:
             self.tasks.append(asyncio.create_task(self.expirer.run(), name="expirer"))
         self.probe = DatabaseProbe(database, self.health.set_serving, probe_s=s.health_probe_s)
         self.tasks.append(asyncio.create_task(self.probe.run(), name="database-probe"))
+        self.tasks.append(asyncio.create_task(refresh_gauges(pool), name="gauges"))
         await self.health.start(serving=True)
         log.info("reservation service listening on %s:%d", s.host, self.port)
         return self
@@ -159,16 +158,19 @@ async def serve(settings: Settings) -> None:
 
 
 def run_one(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    telemetry = settings.telemetry
+    logs.configure(settings.log_level, telemetry.log_format)
+    tracing.configure(telemetry.otel_exporter, "slotlock-reservation")
     try:
+        metrics.serve(settings.host, telemetry.metrics_port)
         asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
     except (OSError, psycopg.OperationalError, SchemaNotCurrent) as error:
         print(f"slotlock-reservation: cannot start: {error}".strip(), file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        tracing.shutdown()  # send the spans still buffered
 
 
 def run_workers(settings: Settings) -> int:
@@ -176,7 +178,9 @@ def run_workers(settings: Settings) -> int:
     whether every worker ended cleanly."""
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_worker, args=(settings,), name=f"reservation-worker-{n}")
+        context.Process(
+            target=_worker, args=(_worker_settings(settings, n),), name=f"reservation-worker-{n}"
+        )
         for n in range(settings.workers)
     ]
     stopping = False
@@ -197,6 +201,15 @@ def run_workers(settings: Settings) -> int:
     for worker in workers:  # each drains: NOT_SERVING, then its calls in flight finish
         worker.join(settings.drain_delay_s + settings.shutdown_grace_s + 10)
     return 0 if stopping and all(w.exitcode in (0, -signal.SIGTERM) for w in workers) else 1
+
+
+def _worker_settings(settings: Settings, n: int) -> Settings:
+    """Worker ``n`` serves its own metrics on the metrics port + n (each process counts its
+    own calls; Prometheus adds them up)."""
+    port = settings.telemetry.metrics_port
+    if not port:
+        return settings
+    return replace(settings, telemetry=replace(settings.telemetry, metrics_port=port + n))
 
 
 def _worker(settings: Settings) -> None:

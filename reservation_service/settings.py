@@ -15,7 +15,9 @@ from slotlock.settings import (
     POSTGRES_SCHEMES,
     Reader,
     SettingsError,
+    Telemetry,
     read_max_seats_per_hold,
+    read_telemetry,
 )
 
 INSECURE_DEV_SECRET = "slotlock-insecure-dev-secret"
@@ -47,6 +49,7 @@ class Settings:
     run_expirer: bool = True
     workers: int = 1
     log_level: str = "INFO"
+    telemetry: Telemetry = field(default_factory=Telemetry)
     # Who may call and over what (tokens, TLS, reflection). The default authenticates nobody, so
     # a server refuses to start with it: tests and `slotlock dev` set one up.
     security: ServerSecurity = field(default_factory=ServerSecurity)
@@ -120,6 +123,7 @@ class Settings:
             run_expirer=read.flag("SLOTLOCK_RUN_EXPIRER", d.run_expirer),
             workers=read.integer("SLOTLOCK_WORKERS", d.workers, minimum=1, maximum=64),
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", d.log_level),
+            telemetry=read_telemetry(read, "SLOTLOCK_RESERVATION_METRICS_PORT"),
             security=ServerSecurity.read(read),
             migrate_on_start=read.flag("SLOTLOCK_MIGRATE_ON_START", d.migrate_on_start),
             keep_published_outbox_s=read.number(

@@ -30,12 +30,21 @@ from reservation_service.holds import (
     Reservation,
     ReservationStatus,
 )
+from slotlock import metrics, tracing
 from slotlock.errors import SlotlockError
 
 T = TypeVar("T")
 CATALOG = sql.queries("catalog.sql")
 HOLDS = sql.queries("holds.sql")
 EXPIRY = sql.queries("expiry.sql")
+# slotlock_hold_changes_total, by the change's kind (counted once committed).
+_COUNTED_CHANGES = {
+    holds.ChangeType.HOLD_CREATED: metrics.HOLD_CHANGES.labels("created"),
+    holds.ChangeType.HOLD_CONFIRMED: metrics.HOLD_CHANGES.labels("confirmed"),
+    holds.ChangeType.HOLD_RELEASED: metrics.HOLD_CHANGES.labels("released"),
+    holds.ChangeType.HOLD_EXPIRED: metrics.HOLD_CHANGES.labels("expired"),
+    holds.ChangeType.RESERVATION_REFUNDED: metrics.HOLD_CHANGES.labels("refunded"),
+}
 
 # A change to one hold and its event, decided by the pure rules: None when there is nothing to do.
 Settle = Callable[[Event, Reservation, datetime], tuple[Event, Reservation, Change] | None]
@@ -336,6 +345,7 @@ class ReservationStore:
                     {
                         "event_ids": [c.event.id for c in changes],
                         "payloads": [self._encode(c) for c in changes],
+                        "trace_context": tracing.current_traceparent(),
                     },
                 )
                 if self._notify:
@@ -345,6 +355,10 @@ class ReservationStore:
         result, changes = await self.db.run(transaction, retry_also=retry_also)
         if changes:
             self._on_commit()
+            for change in changes:
+                counted = _COUNTED_CHANGES.get(change.type)
+                if counted is not None:
+                    counted.inc()
         return result
 
 

@@ -63,9 +63,10 @@ ORDER BY created_at, id
 LIMIT %(limit)s;
 
 -- name: insert_outbox
--- WITH ORDINALITY keeps the rows' id order the order of the changes.
-INSERT INTO outbox (event_id, payload)
-SELECT event_id, payload
+-- WITH ORDINALITY keeps the rows' id order the order of the changes. trace_context: the
+-- transaction's traceparent (NULL with tracing off), sent on by the relay.
+INSERT INTO outbox (event_id, payload, trace_context)
+SELECT event_id, payload, %(trace_context)s::text
 FROM unnest(%(event_ids)s::uuid[], %(payloads)s::bytea[]) WITH ORDINALITY AS c (event_id, payload, n)
 ORDER BY n;
 

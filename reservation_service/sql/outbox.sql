@@ -5,7 +5,7 @@ SELECT pg_try_advisory_lock(%(key)s) AS locked;
 -- name: unpublished
 -- By id, which per event is commit order: writers take the event row lock before they insert.
 -- Dead letters (migration 0003) are left out: they will never be published.
-SELECT id, event_id::text AS event_id, payload FROM outbox
+SELECT id, event_id::text AS event_id, payload, trace_context FROM outbox
 WHERE published_at IS NULL AND dead_lettered_at IS NULL
 ORDER BY id
 LIMIT %(limit)s;
