@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from slotlock import logs, metrics
 from slotlock import settings as slotlock_settings
 
 # Browsers keep Server-Sent Events streams open forever; do not wait for them on shutdown.
@@ -24,15 +24,15 @@ def build_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Serv
         log_level=log_level,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
+        log_config=None,  # uvicorn's loggers reach the root handler: one format (slotlock.logs)
     )
     return uvicorn.Server(config)
 
 
 def main() -> None:
     settings = slotlock_settings.load("gateway", Settings.from_env, os.environ)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level, settings.telemetry.log_format)
+    metrics.serve(settings.host, settings.telemetry.metrics_port)
     build_server(settings, log_level=settings.log_level.lower()).run()
 
 

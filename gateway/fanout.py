@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import payloads
 from gateway.settings import Settings
-from slotlock import client
+from slotlock import client, metrics
 from slotlock.conflation import Mailbox, is_newer
 from slotlock.v1 import availability_pb2
 
@@ -69,6 +69,7 @@ class AvailabilityFanout:
         self._max_watchers = max_watchers
         self._latest: dict[str, tuple[int, str]] = {}
         self._watchers: set[Watcher] = set()
+        metrics.SSE_CLIENTS.set_function(lambda: len(self._watchers))
         self.live = False
         self.message = "connecting to the availability service"
         self._status_frame = self._make_status_frame()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from slotlock.settings import Reader, read_max_seats_per_hold
+from slotlock.settings import Reader, Telemetry, read_max_seats_per_hold, read_telemetry
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Settings:
     # SSE comment lines keep proxies from closing an idle stream.
     sse_keepalive_s: float = 15.0
     log_level: str = "INFO"
+    telemetry: Telemetry = field(default_factory=Telemetry)
     # Request bodies are a few hundred bytes of JSON; a larger one is refused with 413 before it
     # is read (a client cannot make the gateway buffer megabytes).
     max_body_bytes: int = 16 * 1024
@@ -45,5 +46,6 @@ class Settings:
                 "SLOTLOCK_GATEWAY_MAX_BODY_BYTES", d.max_body_bytes, minimum=64, maximum=1 << 20
             ),
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", d.log_level),
+            telemetry=read_telemetry(read, "SLOTLOCK_GATEWAY_METRICS_PORT"),
             max_seats_per_hold=read_max_seats_per_hold(read),
         )

@@ -207,6 +207,7 @@ class System:
         """The variables a service of ``role`` reads, and no others (a service may report
         ``SLOTLOCK_*`` variables it does not know)."""
         env = {"PYTHONFAULTHANDLER": "1"}  # a crash in C code leaves its Python stack in the log
+        env["SLOTLOCK_LOG_FORMAT"] = "console"  # read by a person (deployments default to JSON)
         if self.log_level is not None:
             env["SLOTLOCK_LOG_LEVEL"] = self.log_level
         if role in ("reservation", "availability"):
