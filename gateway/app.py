@@ -141,7 +141,9 @@ class Gateway:
     async def connect(self) -> None:
         """Open the channels and start the shared watch (inside the server's event loop)."""
         self.services = client.Services(
-            self.settings.reservation_addr, self.settings.availability_addr
+            self.settings.reservation_addr,
+            self.settings.availability_addr,
+            security=self.settings.client_security,
         )
         self.fanout = AvailabilityFanout(
             self.services.availability, self.services.availability_health, self.settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from slotlock.client import ClientSecurity
 from slotlock.settings import Reader, Telemetry, read_max_seats_per_hold, read_telemetry
 
 
@@ -28,6 +29,9 @@ class Settings:
     max_body_bytes: int = 16 * 1024
     # The reservation service's limit (same variable), served to the page for its seat picker.
     max_seats_per_hold: int = 10
+    # The gateway's own credential towards both services (a booking + reader token) and
+    # their CA: SLOTLOCK_TOKEN, SLOTLOCK_TLS_CA_FILE (and a client certificate for mTLS).
+    client_security: ClientSecurity = field(default_factory=ClientSecurity)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -48,4 +52,5 @@ class Settings:
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", d.log_level),
             telemetry=read_telemetry(read, "SLOTLOCK_GATEWAY_METRICS_PORT"),
             max_seats_per_hold=read_max_seats_per_hold(read),
+            client_security=ClientSecurity.read(read),
         )

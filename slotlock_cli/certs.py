@@ -19,6 +19,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from slotlock import auth
+from slotlock.client import ClientSecurity
+from slotlock.identity import ADMIN
+from slotlock.tls import ClientTLS
+
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 VALID_FOR = timedelta(days=30)
 
@@ -149,3 +154,51 @@ def signing_key(folder: Path) -> tuple[Path, Path]:
         )
     )
     return private, public
+
+
+class DevSecurity:
+    """What a local system (``System``: `slotlock dev`, the e2e tests, the benchmarks) needs to
+    run as production does: a token-signing key pair (services get the public key; tokens are
+    minted here) and, with ``tls``, a throwaway CA and a certificate for this machine."""
+
+    def __init__(self, folder: Path, *, tls: bool = True) -> None:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.folder = folder
+        self.private_key_file, self.public_key_file = signing_key(folder)
+        self.ca = DevCA.create(folder) if tls else None
+        self.server = self.ca.server_cert() if self.ca is not None else None
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None
+
+    def server_env(self) -> dict[str, str]:
+        """The variables a service needs to check callers (and serve TLS)."""
+        env = {"SLOTLOCK_AUTH_JWT_PUBLIC_KEY_FILE": str(self.public_key_file)}
+        if self.server is not None:
+            env["SLOTLOCK_TLS_CERT_FILE"] = str(self.server.cert_file)
+            env["SLOTLOCK_TLS_KEY_FILE"] = str(self.server.key_file)
+        else:
+            env["SLOTLOCK_INSECURE_PLAINTEXT"] = "true"
+        return env
+
+    def token(
+        self, *roles: str, subject: str = "slotlock-dev", ttl: timedelta = timedelta(hours=12)
+    ) -> str:
+        """A token with ``roles`` (admin when none given)."""
+        return auth.mint_token(
+            self.private_key_file.read_bytes(), roles or (ADMIN,), subject, ttl=ttl
+        )
+
+    def client_tls(self) -> ClientTLS:
+        return ClientTLS(ca_file=str(self.ca.cert_file)) if self.ca is not None else ClientTLS()
+
+    def client_security(self, *roles: str, subject: str = "slotlock-dev") -> ClientSecurity:
+        return ClientSecurity(token=self.token(*roles, subject=subject), tls=self.client_tls())
+
+    def client_env(self, *roles: str, subject: str = "slotlock-dev") -> dict[str, str]:
+        """``SLOTLOCK_TOKEN`` (and ``SLOTLOCK_TLS_CA_FILE``) for a client with ``roles``."""
+        env = {"SLOTLOCK_TOKEN": self.token(*roles, subject=subject)}
+        if self.ca is not None:
+            env["SLOTLOCK_TLS_CA_FILE"] = str(self.ca.cert_file)
+        return env

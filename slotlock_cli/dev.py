@@ -3,6 +3,10 @@
 Starts Postgres and NATS (embedded, unless URLs are given), then each service as its own process
 exactly as it is deployed, seeds a few demo events into an empty catalog, prints the addresses
 and runs until Ctrl-C, then stops everything cleanly.
+
+Secured as production is: the services serve TLS with a certificate from a CA made at start, and
+check a signed token on every call (a signing key made at start). It prints ready-to-use tokens
+and the commands to call the services with them (`slotlock ...` and grpcurl).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 import grpc
 import psycopg
 
+from slotlock.client import ClientSecurity, open_sync_channel
+from slotlock.identity import ADMIN, BOOKING, READER
 from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 from slotlock_cli import builders
 from slotlock_cli.system import System
@@ -52,9 +58,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--gateway-port", type=int, default=8080)
     parser.add_argument("--hold-ttl", type=float, default=300.0, help="seconds a hold lasts")
     parser.add_argument("--no-seed", action="store_true", help="do not create demo events")
+    parser.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="serve plain text (tokens are still required)",
+    )
     parser.set_defaults(handler=run)
 
 
+DEFAULT_ADDRS = ("127.0.0.1:50051", "127.0.0.1:50052")
 DEMO_EVENTS = (
     ("Saigon Dinner Show", 0, "19:00", 40, True),
     ("Saigon Dinner Show", 1, "19:00", 40, True),
@@ -63,9 +75,9 @@ DEMO_EVENTS = (
 )
 
 
-def seed_demo_events(reservation_addr: str) -> int:
+def seed_demo_events(reservation_addr: str, security: ClientSecurity | None = None) -> int:
     """Create a few upcoming events if the catalog is empty; returns how many were created."""
-    with grpc.insecure_channel(reservation_addr) as channel:
+    with open_sync_channel(reservation_addr, security) as channel:
         stub = reservation_pb2_grpc.ReservationServiceStub(channel)
         if stub.ListEvents(reservation_pb2.ListEventsRequest(page_size=1), timeout=5).events:
             return 0
@@ -108,7 +120,47 @@ def dev_system(args: argparse.Namespace) -> System:
         hold_ttl_s=args.hold_ttl,
         hold_token_secret=secret_file.read_text(),
         log_level="INFO",
+        tls=not args.no_tls,
     )
+
+
+def write_tokens(system: System) -> dict[str, Path]:
+    """A token per role in files only this user can read, for scripts:
+    ``export SLOTLOCK_TOKEN=$(cat .../admin.token)``. The booking token also reads the catalog,
+    as a checkout service or the gateway needs to (``slotlock hold`` looks events up by code)."""
+    files = {}
+    for role, roles in ((ADMIN, (ADMIN,)), (BOOKING, (BOOKING, READER)), (READER, (READER,))):
+        path = system.security.folder / f"{role}.token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(system.security.token(*roles, subject=f"slotlock-dev-{role}") + "\n")
+        files[role] = path
+    return files
+
+
+def how_to_call(system: System, tokens: dict[str, Path]) -> list[str]:
+    """The lines that tell a newcomer how to call the secured services."""
+    admin = tokens[ADMIN].read_text().strip()
+    ca = system.security.ca.cert_file if system.security.ca is not None else None
+    tls_flag = f"-cacert {ca}" if ca is not None else "-plaintext"
+    lines = [
+        "Call it (tokens valid 12 hours; roles: admin, booking, reader):",
+        f"  export SLOTLOCK_TOKEN={admin}",
+    ]
+    if ca is not None:
+        lines.append(f"  export SLOTLOCK_TLS_CA_FILE={ca}")
+    if (system.reservation_addr, system.availability_addr) != DEFAULT_ADDRS:
+        lines.append(
+            f"  export SLOTLOCK_RESERVATION_ADDR={system.reservation_addr} "
+            f"SLOTLOCK_AVAILABILITY_ADDR={system.availability_addr}"
+        )
+    lines += [
+        "  slotlock events",
+        f'  grpcurl {tls_flag} -H "authorization: Bearer $SLOTLOCK_TOKEN" '
+        f"{system.reservation_addr} slotlock.v1.ReservationService/ListEvents",
+        f"  booking+reader token: {tokens[BOOKING]}; reader token: {tokens[READER]}",
+    ]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +171,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         print("slotlock dev: starting Postgres, NATS and the services ...", flush=True)
         system.start()
-        seeded = 0 if args.no_seed else seed_demo_events(system.reservation_addr)
+        seeded = (
+            0
+            if args.no_seed
+            else seed_demo_events(system.reservation_addr, system.client_security(ADMIN))
+        )
+        tokens = write_tokens(system)
     except (RuntimeError, TimeoutError, OSError, psycopg.Error, grpc.RpcError) as error:
         print(
             f"slotlock dev: could not start: {error} (logs in {system.log_dir})",
@@ -129,20 +186,24 @@ def run(args: argparse.Namespace) -> int:
         return 1
     pg_kind = "embedded" if system.stack.postgres is not None else "given"
     nats_kind = "embedded" if system.stack.nats is not None else "given"
+    wire = "gRPC over TLS" if system.tls else "gRPC, plain text"
     print(
         "\n".join(
             [
                 "",
                 "slotlock is running:",
                 f"  listing page          {system.gateway_url}/" if system.with_gateway else "",
-                f"  reservation service   {system.reservation_addr}  (gRPC, reflection on)",
-                f"  availability service  {system.availability_addr}  (gRPC, reflection on)",
+                f"  reservation service   {system.reservation_addr}  ({wire}, reflection on)",
+                f"  availability service  {system.availability_addr}  ({wire}, reflection on)",
                 f"  postgres ({pg_kind})  {system.database_url}",
                 f"  nats ({nats_kind})      {system.stack.nats_url}",
                 f"  logs                  {system.log_dir}",
                 f"  demo events created   {seeded}" if seeded else "",
+                f"  keys and certificates {system.security.folder}",
                 "",
-                "Try: slotlock watch     (live availability in this terminal)",
+                *how_to_call(system, tokens),
+                "",
+                "Try: slotlock watch     (live availability in this terminal, with the exports)",
                 "Press Ctrl-C to stop.",
             ]
         ).replace("\n\n\n", "\n\n"),

@@ -23,6 +23,7 @@ from google.protobuf import timestamp_pb2
 
 from slotlock import client
 from slotlock.labels import short_name
+from slotlock.tls import ClientTLS
 from slotlock.v1 import availability_pb2, catalog_pb2, reservation_pb2
 
 if TYPE_CHECKING:
@@ -107,6 +108,33 @@ def register(subparsers: Any) -> None:
         default=5.0,
         metavar="SECONDS",
         help="deadline of each call (default: %(default)s)",
+    )
+    # The caller's credential and the services' CA (`slotlock dev` prints ready values).
+    common.add_argument(
+        "--auth-token",
+        default=os.environ.get("SLOTLOCK_TOKEN", ""),
+        metavar="JWT",
+        help="signed token with your roles (default: $SLOTLOCK_TOKEN)",
+    )
+    common.add_argument(
+        "--ca-file",
+        default=os.environ.get("SLOTLOCK_TLS_CA_FILE", ""),
+        metavar="PEM",
+        help="CA of the services' TLS certificates; unset = plain text "
+        "(default: $SLOTLOCK_TLS_CA_FILE)",
+    )
+    common.add_argument(
+        "--client-cert",
+        default=os.environ.get("SLOTLOCK_TLS_CLIENT_CERT_FILE", ""),
+        metavar="PEM",
+        help="client certificate, where the services require one (mutual TLS; default: "
+        "$SLOTLOCK_TLS_CLIENT_CERT_FILE)",
+    )
+    common.add_argument(
+        "--client-key",
+        default=os.environ.get("SLOTLOCK_TLS_CLIENT_KEY_FILE", ""),
+        metavar="PEM",
+        help="key of --client-cert (default: $SLOTLOCK_TLS_CLIENT_KEY_FILE)",
     )
     exits = (
         "Exit status: 0 on success, 1 when a service refuses or cannot be reached, "
@@ -215,7 +243,15 @@ def _guarded(run: Command, service: str) -> Callable[[argparse.Namespace], int]:
     ``service``, the one the command talks to, and its address); Ctrl-C exits quietly."""
 
     async def with_services(args: argparse.Namespace) -> int:
-        async with client.Services(args.reservation_addr, args.availability_addr) as services:
+        security = client.ClientSecurity(
+            token=args.auth_token,
+            tls=ClientTLS(
+                ca_file=args.ca_file, cert_file=args.client_cert, key_file=args.client_key
+            ),
+        )
+        async with client.Services(
+            args.reservation_addr, args.availability_addr, security=security
+        ) as services:
             return await run(args, services)
 
     def handler(args: argparse.Namespace) -> int:
@@ -227,7 +263,9 @@ def _guarded(run: Command, service: str) -> Callable[[argparse.Namespace], int]:
         except grpc.RpcError as error:
             address = args.reservation_addr if service == "reservation" else args.availability_addr
             reason = client.describe_error(error, service, address=address, timeout_s=args.timeout)
-            print(f"{prog}: {reason}", file=sys.stderr)
+            print(f"{prog}: {reason}{_credential_hint(error, args)}", file=sys.stderr)
+        except OSError as error:  # a CA or certificate file that cannot be read
+            print(f"{prog}: {error}", file=sys.stderr)
         except KeyboardInterrupt:
             return 130
         except Exception as error:  # the promise is one line, whatever happens
@@ -235,6 +273,16 @@ def _guarded(run: Command, service: str) -> Callable[[argparse.Namespace], int]:
         return 1
 
     return handler
+
+
+def _credential_hint(error: grpc.RpcError, args: argparse.Namespace) -> str:
+    """What to set when the refusal is about credentials (the commonest first-run mistake)."""
+    code, details = client.status_of(error)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return "; set SLOTLOCK_TOKEN (or --auth-token) to a token `slotlock dev` printed"
+    if client.is_transport_failure(code, details) and not args.ca_file:
+        return "; if it serves TLS, set SLOTLOCK_TLS_CA_FILE (or --ca-file)"
+    return ""
 
 
 # ---- events, hold, confirm, release ------------------------------------------------------------

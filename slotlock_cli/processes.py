@@ -16,6 +16,8 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from slotlock.client import ClientSecurity, open_sync_channel
+
 # Runs in the child after exec (never between fork and exec, where running Python in a process
 # with gRPC threads can crash): ask Linux to SIGTERM the child when its parent dies, so a killed
 # `slotlock dev` or test run never leaves services behind, then run the module as `python -m`.
@@ -71,10 +73,13 @@ class ServiceProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def wait_serving(self, address: str, timeout: float = 30.0) -> None:
-        """Wait until the gRPC health service at ``address`` reports SERVING."""
+    def wait_serving(
+        self, address: str, timeout: float = 30.0, security: ClientSecurity | None = None
+    ) -> None:
+        """Wait until the gRPC health service at ``address`` reports SERVING (health is open to
+        every caller; ``security`` matters for its TLS)."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(address) as channel:
+        with open_sync_channel(address, security) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if not self.running:

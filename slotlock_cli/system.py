@@ -29,9 +29,12 @@ import grpc
 import psycopg
 from psycopg import sql as pgsql
 
+from slotlock.client import ClientSecurity, open_sync_channel
 from slotlock.feed import Feed
+from slotlock.identity import ADMIN, BOOKING, READER
 from slotlock.v1 import catalog_pb2, reservation_pb2_grpc
 from slotlock_cli import builders
+from slotlock_cli.certs import DevSecurity
 from slotlock_cli.devstack import DevStack, free_port
 from slotlock_cli.processes import ServiceProcess
 
@@ -115,6 +118,11 @@ class System:
 
     ``roles``: the services :meth:`start` starts (``gateway=True`` adds the gateway).
     ``ports``: fixed ports by role; the others get a free one.
+
+    Security as in production: the services check a signed token on every call (keys made at
+    start, ``self.security``) and, with ``tls`` (the default), serve TLS with a certificate
+    from a throwaway CA. The gateway gets its own booking + reader token; ``client_env`` and
+    ``channel`` carry an admin token.
     """
 
     def __init__(
@@ -135,6 +143,7 @@ class System:
         hold_token_secret: str | None = None,
         log_level: str | None = None,
         extra_env: Mapping[str, str] | None = None,
+        tls: bool = True,
     ) -> None:
         # A folder of our own only when there is something to keep in it (servers, logs).
         self._own_root = root is None and (stack is None or log_dir is None)
@@ -153,6 +162,8 @@ class System:
         self.hold_token_secret = hold_token_secret
         self.log_level = log_level
         self.extra_env = dict(extra_env or {})
+        self.tls = tls
+        self._security: DevSecurity | None = None
         self.ports: dict[Role, int] = dict(ports or {})
         self.database_url = ""
         self._fresh_database = ""  # dropped at stop
@@ -194,11 +205,24 @@ class System:
     def processes(self) -> list[ServiceProcess]:
         return [service.process for service in self.services.values()]
 
-    def client_env(self) -> dict[str, str]:
-        """What a client (gateway, CLI) needs to find the services."""
+    @property
+    def security(self) -> DevSecurity:
+        """Keys and certificates of this system, made on first use (in ``root``)."""
+        if self._security is None:
+            self._security = DevSecurity(self.root / "security", tls=self.tls)
+        return self._security
+
+    def client_security(self, *roles: str, subject: str = "slotlock-dev") -> ClientSecurity:
+        """A token with ``roles`` (admin when none are given) and the CA, for a client."""
+        return self.security.client_security(*roles, subject=subject)
+
+    def client_env(self, *roles: str, subject: str = "slotlock-dev") -> dict[str, str]:
+        """What a client (gateway, CLI) needs to find and call the services: their addresses, a
+        token with ``roles`` (admin when none are given) and the CA."""
         return {
             "SLOTLOCK_RESERVATION_ADDR": self.reservation_addr,
             "SLOTLOCK_AVAILABILITY_ADDR": self.availability_addr,
+            **self.security.client_env(*roles, subject=subject),
         }
 
     # -- environment per role --
@@ -211,6 +235,7 @@ class System:
         if self.log_level is not None:
             env["SLOTLOCK_LOG_LEVEL"] = self.log_level
         if role in ("reservation", "availability"):
+            env.update(self.security.server_env())
             env["SLOTLOCK_NATS_URL"] = self.stack.nats_url
             if self.feed is not None:
                 env["SLOTLOCK_STREAM"] = self.feed.stream
@@ -226,7 +251,7 @@ class System:
         else:
             env["SLOTLOCK_GATEWAY_HOST"] = HOST
             env["SLOTLOCK_GATEWAY_PORT"] = str(port)
-            env.update(self.client_env())
+            env.update(self.client_env(BOOKING, READER, subject="gateway"))
         return {**env, **self.extra_env}
 
     # -- lifecycle --
@@ -299,7 +324,9 @@ class System:
             if service.role == "gateway":
                 service.process.wait_http_ok(f"http://{service.address}/healthz", timeout)
             else:
-                service.process.wait_serving(service.address, timeout)
+                service.process.wait_serving(
+                    service.address, timeout, ClientSecurity(tls=self.security.client_tls())
+                )
         except (RuntimeError, TimeoutError) as error:
             raise RuntimeError(f"{error}; log:\n{self.log_tail(name)}") from None
 
@@ -350,7 +377,7 @@ class System:
     def channel(self, name: str) -> grpc.Channel:
         """A new channel to service ``name``, closed at stop. New each time on purpose: a channel
         to a service that was restarted may sit in reconnect backoff for a while."""
-        channel = grpc.insecure_channel(self.services[name].address)
+        channel = open_sync_channel(self.services[name].address, self.client_security(ADMIN))
         self._channels.append(channel)
         return channel
 
@@ -372,7 +399,7 @@ class System:
         )
         if experience_only_price is not None:
             request.experience_only_enabled = True
-        with grpc.insecure_channel(self.reservation_addr) as channel:
+        with open_sync_channel(self.reservation_addr, self.client_security(ADMIN)) as channel:
             stub = reservation_pb2_grpc.ReservationServiceStub(channel)
             event: catalog_pb2.Event = stub.UpsertEvent(request, timeout=10)
             return event

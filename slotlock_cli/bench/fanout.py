@@ -32,6 +32,7 @@ from typing import Any
 
 from slotlock.feed import Feed
 from slotlock_cli import builders
+from slotlock_cli.bench.holds import BENCH_ENV
 from slotlock_cli.system import System
 
 CAPACITY = 1_000_000
@@ -305,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
         roles=(),
         hold_ttl_s=600,
         log_level="WARNING",
+        tls=False,
+        extra_env=BENCH_ENV,  # load clients call without a token (see bench.holds)
     )
     clients: list[Any] = []
     loop = asyncio.new_event_loop()

@@ -68,7 +68,19 @@ COMMIT;
 """
 
 
-def bench_system(args: argparse.Namespace, feed: Feed, **options: Any) -> System:
+# Benchmarks measure the services, not the network's security: plain text, and load clients
+# (plain gRPC channels, in several processes) call without a token. The auth interceptor still
+# runs on every call; the harness's own calls (seeding) still carry a verified token.
+BENCH_ENV = {"SLOTLOCK_INSECURE_NO_AUTH": "true"}
+
+
+def bench_system(
+    args: argparse.Namespace,
+    feed: Feed,
+    *,
+    extra_env: dict[str, str] | None = None,
+    **options: Any,
+) -> System:
     """The reservation service alone, the way it is deployed, on the servers ``--database-url``
     and ``--nats-url`` name (embedded ones otherwise), for the reservation benchmarks."""
     return System(
@@ -78,6 +90,8 @@ def bench_system(args: argparse.Namespace, feed: Feed, **options: Any) -> System
         database="bench",
         roles=("reservation",),
         log_level="WARNING",
+        tls=False,
+        extra_env={**BENCH_ENV, **(extra_env or {})},
         **options,
     )
 

@@ -20,6 +20,7 @@ import pytest
 from gateway.__main__ import build_server
 from gateway.settings import Settings
 from slotlock.feed import Feed
+from slotlock.identity import BOOKING, READER
 from slotlock_cli.devstack import DevStack
 from slotlock_cli.system import System
 
@@ -40,6 +41,7 @@ async def gateway(system: System) -> AsyncIterator[httpx.AsyncClient]:
         port=0,
         reservation_addr=system.reservation_addr,
         availability_addr=system.availability_addr,
+        client_security=system.client_security(BOOKING, READER, subject="gateway"),
         rpc_timeout_s=3.0,
         watch_retry_max_s=0.5,
     )

@@ -40,6 +40,7 @@ from starlette.types import Message
 from gateway.app import Gateway, create_app
 from gateway.settings import Settings
 from slotlock.feed import Feed
+from slotlock.identity import BOOKING, READER
 from slotlock_cli.devstack import DevStack
 from slotlock_cli.system import System
 from tests.support import snapshot
@@ -391,6 +392,7 @@ def gateway(system: System) -> Iterator[GatewayThread]:
         Settings(
             reservation_addr=system.reservation_addr,
             availability_addr=system.availability_addr,
+            client_security=system.client_security(BOOKING, READER, subject="gateway"),
             rpc_timeout_s=5.0,
             max_body_bytes=BODY_LIMIT,
         )

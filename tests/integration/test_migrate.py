@@ -21,7 +21,7 @@ from slotlock.feed import Feed
 from slotlock_cli.devstack import DevStack
 from slotlock_cli.main import main
 from slotlock_cli.system import create_database, drop_database
-from tests.support import StartReservation
+from tests.support import TEST_SECURITY, StartReservation
 
 MIGRATIONS = [f"{version:04d}_{name}" for version, name, _ in sql.migrations()]
 
@@ -41,6 +41,7 @@ def settings_for(database_url: str, stack: DevStack, feed: Feed, **fields: objec
         stream=feed.stream,
         subject_prefix=feed.subject_prefix,
         hold_token_secret="test-secret",
+        security=TEST_SECURITY,
         **fields,  # type: ignore[arg-type]
     )
 
