@@ -161,14 +161,22 @@ class Gateway:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def healthz(self, request: Request) -> Response:
+        """Readiness: 503 while live updates are paused (the availability service is down,
+        NOT_SERVING, or behind its feed), so a balancer prefers a gateway whose pages are live."""
+        live = self.fanout.live
         return JSONResponse(
             {
-                "status": "ok",
-                "availability_feed": "live" if self.fanout.live else "paused",
+                "status": "ok" if live else "degraded",
+                "availability_feed": "live" if live else "paused",
                 "message": self.fanout.message,
                 "watchers": self.fanout.watcher_count,
-            }
+            },
+            status_code=200 if live else 503,
         )
+
+    async def livez(self, request: Request) -> Response:
+        """Liveness: the process answers (a paused feed is no reason to restart a gateway)."""
+        return JSONResponse({"status": "ok"})
 
     @upstream("availability")
     async def list_events(self, request: Request) -> Response:
@@ -292,6 +300,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/", gateway.index, methods=["GET"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
+        Route("/livez", gateway.livez, methods=["GET"]),
         Route("/api/events", gateway.list_events, methods=["GET"]),
         Route("/api/stream", gateway.stream, methods=["GET"]),
         Route("/api/holds", gateway.create_hold, methods=["POST"]),

@@ -322,7 +322,8 @@ class System:
         service = self.services[name]
         try:
             if service.role == "gateway":
-                service.process.wait_http_ok(f"http://{service.address}/healthz", timeout)
+                # Up, not yet live: /healthz answers 503 until its feed is live (README).
+                service.process.wait_http_ok(f"http://{service.address}/livez", timeout)
             else:
                 service.process.wait_serving(
                     service.address, timeout, ClientSecurity(tls=self.security.client_tls())

@@ -75,7 +75,7 @@ function showBanner() {
 
 function setLive(live, message) {
   els.live.dataset.live = String(live);
-  els.live.textContent = live ? "Live" : "Reconnecting…";
+  els.live.textContent = liveLabel(live); // rules.js
   feedMessage = live ? "" : capitalise(message || "Live updates paused; reconnecting…");
   showBanner();
 }

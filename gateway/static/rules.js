@@ -16,4 +16,11 @@ function seatLimit(available, maxSeatsPerHold) {
   return Math.max(1, Math.min(cap, available));
 }
 
-if (typeof module !== "undefined") module.exports = { isNewer, seatLimit };
+// The live indicator's words. Not live means the numbers on the page may be old (the gateway
+// lost the feed, or the availability service is behind it): say that updates are paused rather
+// than only "reconnecting", which reads as if the numbers were still current.
+function liveLabel(live) {
+  return live ? "Live" : "Updates paused";
+}
+
+if (typeof module !== "undefined") module.exports = { isNewer, seatLimit, liveLabel };

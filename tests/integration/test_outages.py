@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,16 +33,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from availability_service.server import AvailabilityServer
 from availability_service.settings import Settings as AvailabilitySettings
+from gateway.fanout import AvailabilityFanout
+from gateway.settings import Settings as GatewaySettings
 from reservation_service.migrations import apply_migrations
 from reservation_service.server import ReservationServer
 from reservation_service.settings import Settings as ReservationSettings
+from slotlock import client
 from slotlock.feed import Feed
 from slotlock.health import LIVENESS
 from slotlock.v1 import availability_pb2, availability_pb2_grpc, reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
 from slotlock_cli.builders import event_change, event_request, event_snapshot
 from slotlock_cli.devstack import DevStack, EmbeddedNats, EmbeddedPostgres
-from tests.support import TEST_SECURITY, open_channel
+from tests.support import TEST_SECURITY, open_channel, token_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -117,15 +123,20 @@ async def test_postgres_outage_answers_unavailable_fast_and_service_resumes(
         assert await health_of(channel, LIVENESS) == SERVING  # no reason to restart it
 
         # A caller with a long deadline hears UNAVAILABLE within the setting, not at its deadline.
-        for call in (
-            lambda: stub.GetEvent(reservation_pb2.GetEventRequest(event_id=event.id), timeout=10),
-            lambda: stub.CreateHold(
+        async def get_event() -> object:
+            return await stub.GetEvent(
+                reservation_pb2.GetEventRequest(event_id=event.id), timeout=10
+            )
+
+        async def create_hold() -> object:
+            return await stub.CreateHold(
                 reservation_pb2.CreateHoldRequest(
                     event_id=event.id, quantity=1, customer_ref="during", idempotency_key="k-d"
                 ),
                 timeout=10,
-            ),
-        ):
+            )
+
+        for call in (get_event, create_hold):
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await call()
@@ -177,11 +188,29 @@ async def test_nats_outage_turns_availability_not_serving_and_back(own_nats: Emb
         nats_url=own_nats.url, feed=feed, port=0, max_feed_lag_s=1.5, security=TEST_SECURITY
     )
     server = await AvailabilityServer(settings, heartbeat_s=0.25).start()
+    # A gateway's shared watch, whose "live" drives /healthz and the page's indicator.
+    services = client.Services(
+        server.address, server.address, security=client.ClientSecurity(token=token_for())
+    )
+    fanout = AvailabilityFanout(
+        services.availability,
+        services.availability_health,
+        GatewaySettings(watch_retry_min_s=0.1, watch_retry_max_s=0.5),
+    )
+
+    async def gateway_live() -> bool:
+        return fanout.live
+
+    async def gateway_paused() -> bool:
+        return not fanout.live
+
     try:
         await asyncio.wait_for(server.view.wait_ready(), 10)
+        fanout.start()
         async with open_channel(server.address) as channel:
             stub = availability_pb2_grpc.AvailabilityServiceStub(channel)
             await eventually(lambda: _is(health_of(channel), SERVING), 5, "SERVING at start")
+            await eventually(gateway_live, 5, "the gateway's feed live at start")
             watch = stub.WatchAvailability(
                 availability_pb2.WatchAvailabilityRequest(event_ids=[event_id])
             )
@@ -197,6 +226,8 @@ async def test_nats_outage_turns_availability_not_serving_and_back(own_nats: Emb
                 await asyncio.wait_for(watch.read(), 10)
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "reconnect" in (raised.value.details() or "")
+            await eventually(gateway_paused, 5, "the gateway's feed paused")
+            assert "behind the feed" in fanout.message, fanout.message
             refused = stub.WatchAvailability(
                 availability_pb2.WatchAvailabilityRequest(event_ids=[event_id])
             )
@@ -219,8 +250,26 @@ async def test_nats_outage_turns_availability_not_serving_and_back(own_nats: Emb
             )
             assert (await asyncio.wait_for(again.read(), 5)).version == 1
             again.cancel()
+            await eventually(gateway_live, 10, "the gateway's feed live again")
     finally:
+        await fanout.stop()
+        await services.close()
         await server.stop(grace=0)
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_the_page_says_updates_paused_when_not_live() -> None:
+    assert NODE is not None
+    rules = Path(__file__).resolve().parents[2] / "gateway" / "static" / "rules.js"
+    script = (
+        f"const r = require({json.dumps(str(rules))});"
+        "console.log(JSON.stringify([r.liveLabel(true), r.liveLabel(false)]));"
+    )
+    out = subprocess.run([NODE, "-e", script], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == ["Live", "Updates paused"]
 
 
 # ---- drain ---------------------------------------------------------------------------------
