@@ -11,6 +11,7 @@ import signal
 
 from availability_service.server import AvailabilityServer
 from availability_service.settings import Settings
+from slotlock import logs, metrics, tracing
 from slotlock import settings as slotlock_settings
 
 
@@ -36,11 +37,13 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = slotlock_settings.load("slotlock-availability", Settings.from_env, os.environ)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    asyncio.run(serve(settings))
+    logs.configure(settings.log_level, settings.telemetry.log_format)
+    tracing.configure(settings.telemetry.otel_exporter, "slotlock-availability")
+    try:
+        metrics.serve(settings.host, settings.telemetry.metrics_port)
+        asyncio.run(serve(settings))
+    finally:
+        tracing.shutdown()  # send the spans still buffered
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 import nats.errors
@@ -36,8 +37,9 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 from availability_service import convert
+from availability_service.projection import EventFacts
 from availability_service.view import AvailabilityView
-from slotlock import errors
+from slotlock import errors, metrics, tracing
 from slotlock.feed import Feed
 
 log = logging.getLogger(__name__)
@@ -202,6 +204,7 @@ class FeedConsumer:
         self._sync_started = time.monotonic()
         self._last_activity = time.monotonic()
         self.syncs += 1
+        metrics.FEED_RESYNCS.inc()
         old_sub, old_consumer = self._sub, self._consumer_name
         self._sub = self._consumer_name = None
         try:
@@ -273,7 +276,8 @@ class FeedConsumer:
                 log.warning("ignoring an undecodable message on %s", msg.subject)
             else:
                 if facts.event_id:
-                    self.view.apply(facts)
+                    self._apply(facts, headers, metadata)
+            metrics.FEED_PENDING.set(metadata.num_pending)
             if metadata.num_pending == 0:
                 self._note_current()
                 if not self.view.ready:
@@ -301,8 +305,22 @@ class FeedConsumer:
         elif description.startswith("Idle") and self.view.ready:
             self._note_current()  # nothing missed, nothing pending: the view is current
 
+    def _apply(self, facts: EventFacts, headers: dict[str, str] | None, metadata: Any) -> None:
+        """Apply one change, in the trace of the call that made it when the message carries one
+        (``traceparent``, set by the relay from the outbox row)."""
+        traceparent = headers.get(tracing.TRACEPARENT) if headers else None
+        with tracing.consumer_span(
+            "availability apply", traceparent, {"slotlock.event_id": facts.event_id}
+        ):
+            if not self.view.apply(facts):
+                return
+        metrics.FEED_APPLIED.inc()
+        if self.view.ready and metadata.timestamp is not None:  # a rebuild replays old ones
+            metrics.FEED_DELAY.observe(max(0.0, time.time() - metadata.timestamp.timestamp()))
+
     def _caught_up(self) -> None:
         if not self.view.ready:
+            metrics.VIEW_REBUILD_SECONDS.set(time.monotonic() - self._sync_started)
             log.info(
                 "view rebuilt: %d events in %.3fs",
                 len(self.view.views),

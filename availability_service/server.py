@@ -16,12 +16,12 @@ import logging
 import time
 
 from grpc_health.v1 import health
-from grpc_reflection.v1alpha import reflection
 
 from availability_service import servicer
 from availability_service.consumer import FeedConsumer
 from availability_service.settings import Settings
 from availability_service.view import AvailabilityView
+from slotlock import metrics, reflection
 from slotlock.grpc_server import add_port, create_server
 from slotlock.health import Health
 from slotlock.v1 import availability_pb2
@@ -54,9 +54,11 @@ class AvailabilityServer:
         servicer.add_to_server(servicer.AvailabilityServicer(self.view), self.server)
         self.health.add_to(self.server)
         if self.settings.security.reflection:
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-            )
+            reflection.enable(self.server, (SERVICE_NAME, health.SERVICE_NAME))
+        # Read at scrape time (the last replica started in a process is the one exported).
+        metrics.WATCHERS.set_function(lambda: len(self.view.hub))
+        metrics.VIEW_EVENTS.set_function(lambda: len(self.view.views))
+        metrics.FEED_LAG.set_function(self.consumer.lag_s)
         await self.health.start(serving=False)
         self.port = add_port(
             self.server, self.settings.host, self.settings.port, self.settings.security

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from availability_service.projection import BadgePolicy
 from slotlock.feed import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Feed
 from slotlock.grpc_server import ServerSecurity
-from slotlock.settings import NATS_SCHEMES, Reader, SettingsError
+from slotlock.settings import NATS_SCHEMES, Reader, SettingsError, Telemetry, read_telemetry
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -31,6 +31,7 @@ class Settings:
     drain_delay_s: float = 0.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    telemetry: Telemetry = field(default_factory=Telemetry)
     # Who may call and over what (tokens, TLS, reflection). The default authenticates nobody, so
     # a server refuses to start with it: tests and `slotlock dev` set one up.
     security: ServerSecurity = field(default_factory=ServerSecurity)
@@ -68,5 +69,6 @@ class Settings:
                 "SLOTLOCK_SHUTDOWN_GRACE_S", cls.shutdown_grace_s, minimum=0, maximum=3600
             ),
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", cls.log_level),
+            telemetry=read_telemetry(read, "SLOTLOCK_AVAILABILITY_METRICS_PORT"),
             security=ServerSecurity.read(read),
         )

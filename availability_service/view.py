@@ -63,7 +63,11 @@ class AvailabilityView:
         self.require_ready()
         update = self.messages.get(event_id)
         if update is None:
-            raise errors.NotFound(f"no event with id {event_id}")
+            raise errors.NotFound(
+                f"no event with id {event_id}",
+                reason="EVENT_NOT_FOUND",
+                metadata={"event_id": event_id},
+            )
         return update
 
     def list_events(
@@ -93,7 +97,9 @@ class AvailabilityView:
             ids = list(dict.fromkeys(event_ids))
             missing = [event_id for event_id in ids if event_id not in self.messages]
             if missing:
-                raise errors.NotFound(f"no event with id {', '.join(missing[:5])}")
+                raise errors.NotFound(
+                    f"no event with id {', '.join(missing[:5])}", reason="EVENT_NOT_FOUND"
+                )
             candidates = [self.messages[event_id] for event_id in ids]
         # An event missing from known_versions reads as version 0, the wire's "never seen".
         initial = (u for u in candidates if is_newer(u.version, known_versions.get(u.event_id, 0)))

@@ -25,6 +25,8 @@ SHUTTING_DOWN = "this replica is shutting down; reconnect (to another replica)"
 class TooManyWatchers(errors.ResourceExhausted):
     """The watcher cap is reached; a client may retry later or on another replica."""
 
+    reason = "TOO_MANY_WATCHERS"
+
 
 @dataclass(frozen=True, slots=True)
 class Update(Generic[M]):
