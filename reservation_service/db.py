@@ -25,7 +25,7 @@ from tenacity import (
 )
 
 from reservation_service import errors
-from slotlock import deadlines
+from slotlock import deadlines, metrics
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class Database:
         error = state.outcome.exception() if state.outcome is not None else None
         name = type(error).__name__
         self.retries[name] += 1
+        metrics.DB_RETRIES.labels(name).inc()
         # A lost connection is an outage: the health probe logs it once, with a count; a
         # deadlock or a lost race is worth a line each.
         outage = isinstance(error, psycopg.OperationalError | PoolTimeout)
