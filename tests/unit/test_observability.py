@@ -145,3 +145,30 @@ def test_hold_expired_reason() -> None:
     info = found["ErrorInfo"]
     assert isinstance(info, error_details_pb2.ErrorInfo)
     assert info.reason == "HOLD_EXPIRED"
+
+
+def test_the_sample_dashboard_reads_only_series_slotlock_exports() -> None:
+    import re
+    from pathlib import Path
+
+    from prometheus_client import REGISTRY
+
+    from slotlock import metrics  # noqa: F401  # registers every series
+
+    dashboard = json.loads(
+        (Path(__file__).parents[2] / "deploy" / "grafana" / "slotlock-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"\b((?:grpc_server|slotlock)_\w+)", expr)
+    }
+    exported = {
+        sample.name.removesuffix("_total")
+        for family in REGISTRY.collect()
+        for sample in family.samples
+    } | {family.name for family in REGISTRY.collect()}
+    exported |= {f"{name}_total" for name in exported}
+    assert used, "no expressions found"
+    assert used <= exported, used - exported
