@@ -1,7 +1,7 @@
 """The outbox relay: publishes committed outbox rows to JetStream in id order, then marks them.
 
-- One relay at a time across replicas (session advisory lock); the others stand by and take over
-  within a second if it dies. With one relay, id order is per-event commit order.
+- One relay at a time across replicas (session advisory lock); the others stand by, blocked in
+  Postgres on that lock (idle, not polling), and take over as soon as it dies. With one relay, id order is per-event commit order.
 - Woken in-process by this replica's commits, by NOTIFY from other replicas, and by a short poll.
 - Publishes are pipelined (publish_async) and each carries ``Nats-Msg-Id`` = outbox id, so a
   re-publish after a crash between publish and mark is dropped by JetStream as a duplicate.
@@ -11,6 +11,12 @@
   as malformed) never stalls the rows behind it: it is set aside as a dead letter (its reason
   kept in the row, one ERROR logged, ``dead_lettered`` counted), its event's current state is
   published as a snapshot so consumers stay correct, and the relay goes on at once.
+- After every reconnect to NATS, and whenever a publish finds no stream (NATS came back with an
+  empty store, or the stream was deleted), the relay (re)creates the stream and starts a
+  reconciliation pass at once, so events that stay quiet are back on the feed within seconds
+  rather than at the next periodic pass. Every publish result is read, failed ones included.
+- An outage is logged once when it starts and once when it ends (how long, how many attempts),
+  not once per retry; nats-py's own error callback would log a traceback per reconnect attempt.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import nats
 import psycopg
 from nats.aio.client import Client as NatsClient
-from nats.errors import BadHeaderError, BadSubjectError, MaxPayloadError
+from nats.errors import BadHeaderError, BadSubjectError, MaxPayloadError, NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import BadRequestError, NotFoundError
@@ -88,6 +95,34 @@ class Unpublishable(PublishFailed):
         super().__init__(f"outbox row {change_id} cannot be published ({self.reason})")
 
 
+class Outage:
+    """One line when publishing starts failing, one when it works again (with how long and how
+    many attempts failed), and DEBUG in between: an outage is news twice, not every 250 ms."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None  # monotonic start of the current outage
+        self.failures = 0
+
+    def failed(self, error: object) -> None:
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s failing: %s; retrying quietly until it works again", self.what, error)
+        else:
+            log.debug("%s still failing: %s", self.what, error)
+
+    def ended(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "%s working again after %.1f s (%d failed attempts)",
+                self.what,
+                time.monotonic() - self.since,
+                self.failures,
+            )
+        self.since, self.failures = None, 0
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -122,6 +157,12 @@ class OutboxRelay:
         self.published = 0  # count, for logs and tests
         self.dead_lettered = 0  # rows set aside by this relay (all of them: see dead_letters())
         self._traceparents: dict[int, str] = {}  # of the rows being published
+        # Set on (re)connect and when a publish finds no stream: ensure the stream exists and
+        # start a reconciliation pass before the next round (see the module docstring).
+        self._resync = False
+        self.resyncs = 0  # count, for logs and tests
+        self._publishing = Outage("outbox relay: publishing to NATS")
+        self._nats_link = Outage("outbox relay: connection to NATS")
 
     def wake(self) -> None:
         self._wake.set()
@@ -167,9 +208,32 @@ class OutboxRelay:
                     pending_size=0,
                     allow_reconnect=True,
                     connect_timeout=2,
+                    error_cb=self._on_nats_error,
+                    disconnected_cb=self._on_nats_disconnected,
+                    reconnected_cb=self._on_nats_reconnected,
                 )
                 self._js = nc.jetstream(timeout=self._ack_timeout_s)
                 await self._feed.ensure_stream(self._js, apply_limits=True)
+
+    async def _on_nats_error(self, error: Exception) -> None:
+        self._nats_link.failed(f"{type(error).__name__}: {error}")
+
+    async def _on_nats_disconnected(self) -> None:
+        self._nats_link.failed("disconnected")
+
+    async def _on_nats_reconnected(self) -> None:
+        self._nats_link.ended()
+        self._resync = True  # the server may have come back with an empty store
+        self._wake.set()
+
+    async def _resync_feed(self) -> None:
+        """(Re)create the stream if it is missing, then reconcile from the first event now."""
+        await self._feed.ensure_stream(self._jetstream(), apply_limits=True)
+        self._resync = False
+        self.resyncs += 1
+        self._reconcile_after = _FIRST_ID
+        self._next_reconcile = 0.0
+        log.info("outbox relay: stream %s checked; reconciling the feed now", self._feed.stream)
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None:  # run() connects before it relays anything
@@ -177,19 +241,30 @@ class OutboxRelay:
         return self._js
 
     async def _wait_for_relay_lock(self, lock_conn: psycopg.AsyncConnection[TupleRow]) -> None:
-        while True:
-            row = await (
-                await lock_conn.execute(QUERIES["try_relay_lock"], {"key": RELAY_LOCK_KEY})
-            ).fetchone()
-            if row and row[0]:
-                return
-            await self._sleep_until_woken()
+        """Return holding the relay lock. A standby waits inside Postgres (``pg_advisory_lock``
+        blocks until the active relay's session ends): no polling, no wake-ups from commits, and
+        it takes over the moment the active relay dies. (Polling ``pg_try_advisory_lock`` on each
+        wake-up spun a core: commits kept setting the wake-up the standby never cleared.)"""
+        row = await (
+            await lock_conn.execute(QUERIES["try_relay_lock"], {"key": RELAY_LOCK_KEY})
+        ).fetchone()
+        if row and row[0]:
+            return
+        log.debug("outbox relay standing by (another relay holds the lock)")
+        await lock_conn.execute(QUERIES["wait_relay_lock"], {"key": RELAY_LOCK_KEY})
 
     async def _relay_while_locked(self, lock_conn: psycopg.AsyncConnection[TupleRow]) -> None:
         purge_every = 600
         rounds = 0
         while True:
             self._wake.clear()
+            if self._resync:
+                try:
+                    await self._resync_feed()
+                except Exception as error:  # NATS went away again: the next round retries
+                    self._publishing.failed(f"checking the stream: {error!r}")
+                    await asyncio.sleep(0.25)
+                    continue
             rows = await self._fetch_unpublished()
             if rows:
                 try:
@@ -197,9 +272,10 @@ class OutboxRelay:
                 except PublishFailed as error:
                     if isinstance(error, Unpublishable) and await self._set_aside(error):
                         continue  # the rows behind it go on at once
-                    log.warning("outbox relay: %s; will retry", error)
+                    self._publishing.failed(error)
                     await asyncio.sleep(0.25)
                     continue
+                self._publishing.ended()
                 if len(rows) == self._batch:
                     continue  # more waiting: no sleep
             rounds += 1
@@ -253,10 +329,15 @@ class OutboxRelay:
                     failure, failed_at = problem, index
                     break
                 acked.append(change_id)
+            for future in futures:  # read every result, so none is "never retrieved"
+                if not future.cancelled():
+                    future.exception()
         if acked:
             await self._mark_published(acked)
         if failure is not None:
             metrics.OUTBOX_PUBLISH_FAILURES.inc()
+            if isinstance(failure, NoRespondersError):  # no stream takes the subject: recreate
+                self._resync = True
             if isinstance(failure, UNPUBLISHABLE):
                 change_id, event_id, _ = rows[failed_at]
                 raise Unpublishable(change_id, event_id, failure) from failure
@@ -328,7 +409,7 @@ class OutboxRelay:
         try:
             repaired, after = await self.reconcile_page(self._reconcile_after)
         except Exception as error:  # NATS or the database went away: try again soon
-            log.warning("outbox relay: reconciliation failed: %s", error)
+            self._publishing.failed(f"reconciliation: {error!r}")
             self._next_reconcile = loop.time() + 5.0
             return
         if repaired:

@@ -41,7 +41,7 @@ from reservation_service.settings import Settings as ReservationSettings
 from slotlock import client
 from slotlock.feed import Feed
 from slotlock.health import LIVENESS
-from slotlock.v1 import availability_pb2, availability_pb2_grpc, reservation_pb2
+from slotlock.v1 import availability_pb2, availability_pb2_grpc, changes_pb2, reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
 from slotlock_cli.builders import event_change, event_request, event_snapshot
 from slotlock_cli.devstack import DevStack, EmbeddedNats, EmbeddedPostgres
@@ -317,3 +317,45 @@ async def test_drain_lets_calls_in_flight_finish_and_refuses_new_ones(
         reply = await asyncio.wait_for(in_flight, 10)
         assert reply.reservation.quantity == 2
         await asyncio.wait_for(draining, 10)
+
+
+# ---- the relay: NATS comes back with an empty store --------------------------------------
+
+
+async def test_relay_recreates_a_wiped_stream_and_republishes_quiet_events(
+    own_nats: EmbeddedNats, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with reservation_on(database_url, own_nats.url) as (server, channel):
+        feed = server.settings.feed
+        stub = ReservationServiceStub(channel)
+        event = await stub.UpsertEvent(event_request("WIPED", capacity=10))
+        await stub.CreateHold(
+            reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=2, customer_ref="c")
+        )
+        current = await stub.GetEvent(reservation_pb2.GetEventRequest(event_id=event.id))
+        expected = int(current.version)
+
+        async def version_on_feed() -> int:
+            nc = await nats.connect(own_nats.url, connect_timeout=1, max_reconnect_attempts=0)
+            try:
+                msg = await nc.jetstream(timeout=1).get_last_msg(
+                    feed.stream, feed.subject_for(event.id)
+                )
+                return int(changes_pb2.EventChange.FromString(msg.data or b"").event.version)
+            except Exception:
+                return 0
+            finally:
+                await nc.close()
+
+        async def caught_up() -> bool:
+            return await version_on_feed() == expected
+
+        await eventually(caught_up, 10, "the hold on the feed")
+        await asyncio.to_thread(own_nats.stop)
+        shutil.rmtree(own_nats.store_dir)  # the broker's disk is lost
+        await asyncio.to_thread(own_nats.start)
+        # No write happens: the event is quiet, and must come back on the feed by itself.
+        took = await eventually(caught_up, 15, "the quiet event back on the recreated stream")
+        assert server.relay is not None and server.relay.resyncs >= 1
+    assert took < 15
+    assert "never retrieved" not in caplog.text
