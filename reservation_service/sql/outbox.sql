@@ -2,6 +2,10 @@
 -- One relay at a time across replicas keeps per-event order simple; the others stand by.
 SELECT pg_try_advisory_lock(%(key)s) AS locked;
 
+-- name: wait_relay_lock
+-- A standby relay waits here, asleep in the server, until the active relay's session ends.
+SELECT pg_advisory_lock(%(key)s);
+
 -- name: unpublished
 -- By id, which per event is commit order: writers take the event row lock before they insert.
 -- Dead letters (migration 0003) are left out: they will never be published.
