@@ -1,7 +1,8 @@
 """The outbox relay: publishes committed outbox rows to JetStream in id order, then marks them.
 
 - One relay at a time across replicas (session advisory lock); the others stand by, blocked in
-  Postgres on that lock (idle, not polling), and take over as soon as it dies. With one relay, id order is per-event commit order.
+  Postgres on that lock (idle, not polling), and take over as soon as it dies. With one relay,
+  id order is per-event commit order.
 - Woken in-process by this replica's commits, by NOTIFY from other replicas, and by a short poll.
 - Publishes are pipelined (publish_async) and each carries ``Nats-Msg-Id`` = outbox id, so a
   re-publish after a crash between publish and mark is dropped by JetStream as a duplicate.
