@@ -295,6 +295,7 @@ class _Call:
         fields: dict[str, object] = {
             "rpc": self.method.full_name,
             "code": code,
+            "request_id": self.request_id,
             "duration_ms": round(seconds * 1000, 2),
         }
         if self.reason:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import socket
 import time
@@ -52,14 +53,26 @@ async def wait_for(check: object, timeout: float = 10.0) -> None:
 
 
 async def test_refusals_carry_a_reason_details_and_the_request_id(
-    reservation: ReservationServiceStub,
+    reservation: ReservationServiceStub, caplog: pytest.LogCaptureFixture
 ) -> None:
     event = await reservation.UpsertEvent(event_request("DETAILS-1", capacity=3))
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
+    with (
+        caplog.at_level(logging.INFO, logger="slotlock.grpc_errors"),
+        pytest.raises(grpc.aio.AioRpcError) as refused,
+    ):
         await reservation.CreateHold(
             reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=5),
             metadata=(("x-request-id", "req-from-the-client"),),
         )
+    [line] = [r for r in caplog.records if "CreateHold failed" in r.getMessage()]  # one line
+    assert line.levelno == logging.INFO
+    assert line.fields == {  # type: ignore[attr-defined]
+        "rpc": "/slotlock.v1.ReservationService/CreateHold",
+        "code": "FAILED_PRECONDITION",
+        "request_id": "req-from-the-client",
+        "duration_ms": line.fields["duration_ms"],  # type: ignore[attr-defined]
+        "reason": "NOT_ENOUGH_SEATS",
+    }
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = grpc_errors.error_details(refused.value)
     assert details is not None
