@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "slotlock_cli.bench",
     "slotlock_cli.operator",
     "slotlock_cli.migrate",
+    "slotlock_cli.drill",
 )
 
 
