@@ -1,7 +1,11 @@
 -- name: count_due_holds
--- One clock reading for the whole pass (clock_timestamp() changes row by row).
-SELECT count(*) AS due, clock_timestamp() AS db_now FROM reservations
-WHERE status = 'PENDING' AND expires_at <= clock_timestamp();
+-- One clock reading for the whole pass, bound once (the MATERIALIZED CTE runs clock_timestamp()
+-- a single time): a volatile clock_timestamp() in the WHERE is evaluated row by row and cannot
+-- bound an index scan, so it read every PENDING hold instead of the due ones.
+WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now)
+SELECT (SELECT count(*) FROM reservations
+        WHERE status = 'PENDING' AND expires_at <= (SELECT now FROM clock)) AS due,
+       (SELECT now FROM clock) AS db_now;
 
 -- name: claim_due_holds
 -- SKIP LOCKED lets several expirers (one per replica) share the work: each due hold is claimed by

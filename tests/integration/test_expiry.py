@@ -207,3 +207,31 @@ async def test_expirer_keeps_up_while_holds_fall_due_continuously(
             "SELECT count(*) FROM reservations WHERE status = 'EXPIRED'"
         ).fetchone()
     assert expired == (HOLDS,)
+
+
+def test_due_count_binds_its_clock_and_uses_the_expiry_index(database_url: str) -> None:
+    """clock_timestamp() in a WHERE is volatile: the planner cannot bound an index scan with it
+    and reads every PENDING hold. The due-count query reads its clock once."""
+    from reservation_service.store import EXPIRY
+
+    with psycopg.connect(database_url) as conn:
+        # Many holds, none due: a plan that reads them all is the one to rule out.
+        conn.execute(
+            "INSERT INTO events (id, code, experience_title, local_date, local_start_time,"
+            " time_zone, starts_at, capacity, pending, status, currency, dinner_price,"
+            " experience_only_price) VALUES (gen_random_uuid(), 'EXP-PLAN', 't', '2099-01-01',"
+            " '19:00', 'UTC', '2099-01-01T19:00Z', 100000, 5000, 'SCHEDULED', 'IDR', 1, 1)"
+        )
+        conn.execute(
+            "INSERT INTO reservations (id, event_id, quantity, ticket_type, status, created_at,"
+            " updated_at, expires_at) SELECT gen_random_uuid(), id, 1, 'DINNER', 'PENDING',"
+            " now(), now(), now() + interval '1 day' + n * interval '1 ms'"
+            " FROM events, generate_series(1, 5000) AS n"
+        )
+        conn.execute("ANALYZE reservations")
+        plan = "\n".join(
+            row[0] for row in conn.execute("EXPLAIN " + EXPIRY["count_due_holds"]).fetchall()
+        )
+        row = conn.execute(EXPIRY["count_due_holds"]).fetchone()
+    assert "Index Cond" in plan and "Seq Scan" not in plan, plan
+    assert row is not None and row[0] == 0 and row[1] is not None
