@@ -21,6 +21,7 @@ code (``slotlock.metrics``), a server span when tracing is on, and one log line 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import secrets
@@ -267,7 +268,10 @@ class _Call:
             tracing.end_rpc_span(self._span, code, self.message)
         finally:
             self._span_scope.__exit__(None, None, None)
-            logs.request_id.reset(self._token)
+            # A watch stream closed by the garbage collector ends in another task's context;
+            # that context is going away, so there is nothing to restore.
+            with contextlib.suppress(ValueError):
+                logs.request_id.reset(self._token)
 
     def _code_after(self, error: BaseException | None) -> str:
         if error is None:
