@@ -263,7 +263,7 @@ def _guarded(run: Command, service: str) -> Callable[[argparse.Namespace], int]:
         except grpc.RpcError as error:
             address = args.reservation_addr if service == "reservation" else args.availability_addr
             reason = client.describe_error(error, service, address=address, timeout_s=args.timeout)
-            print(f"{prog}: {reason}{_credential_hint(error, args)}", file=sys.stderr)
+            print(f"{prog}: {reason}{_credential_hint(error)}", file=sys.stderr)
         except OSError as error:  # a CA or certificate file that cannot be read
             print(f"{prog}: {error}", file=sys.stderr)
         except KeyboardInterrupt:
@@ -275,13 +275,13 @@ def _guarded(run: Command, service: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-def _credential_hint(error: grpc.RpcError, args: argparse.Namespace) -> str:
+def _credential_hint(error: grpc.RpcError) -> str:
     """What to set when the refusal is about credentials (the commonest first-run mistake)."""
-    code, details = client.status_of(error)
+    code, _ = client.status_of(error)
+    # (A plain-text call to a TLS service fails as "not reachable", like a stopped one: gRPC
+    # cannot tell them apart, and that line is kept exact for scripts.)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return "; set SLOTLOCK_TOKEN (or --auth-token) to a token `slotlock dev` printed"
-    if client.is_transport_failure(code, details) and not args.ca_file:
-        return "; if it serves TLS, set SLOTLOCK_TLS_CA_FILE (or --ca-file)"
     return ""
 
 
