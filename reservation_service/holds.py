@@ -454,12 +454,17 @@ class HoldTokens:
 
     Two checks at two moments: ``require`` before any lookup (a request without a token is
     malformed), ``check`` once the reservation is found (an unknown id reads NOT_FOUND, not
-    PERMISSION_DENIED)."""
+    PERMISSION_DENIED).
+
+    Rotation: ``previous`` secrets are still accepted, never used to sign. Roll a new secret out
+    in three steps so no replica refuses a token another one issued: accept it (``old,new``),
+    sign with it (``new,old``), then drop the old one once the holds it signed have ended."""
 
     secret: bytes
+    previous: tuple[bytes, ...] = ()
 
     def token_for(self, reservation_id: str) -> str:
-        return hmac.new(self.secret, reservation_id.encode(), hashlib.sha256).hexdigest()
+        return _hmac(self.secret, reservation_id)
 
     @staticmethod
     def require(token: str) -> None:
@@ -468,6 +473,15 @@ class HoldTokens:
 
     def check(self, reservation_id: str, token: str) -> None:
         # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not a "no").
-        expected = self.token_for(reservation_id).encode()
-        if not hmac.compare_digest(expected, token.encode("utf-8", "surrogatepass")):
+        given = token.encode("utf-8", "surrogatepass")
+        # Every secret is compared (no early exit), so timing does not tell which one matched.
+        matches = [
+            hmac.compare_digest(_hmac(secret, reservation_id).encode(), given)
+            for secret in (self.secret, *self.previous)
+        ]
+        if not any(matches):
             raise errors.WrongHoldToken()
+
+
+def _hmac(secret: bytes, reservation_id: str) -> str:
+    return hmac.new(secret, reservation_id.encode(), hashlib.sha256).hexdigest()

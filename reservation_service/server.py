@@ -21,7 +21,7 @@ from reservation_service.db import Database, Pool
 from reservation_service.expiry import Expirer
 from reservation_service.gauges import refresh_gauges
 from reservation_service.health import DatabaseProbe
-from reservation_service.holds import HoldPolicy, HoldTokens
+from reservation_service.holds import HoldTokens
 from reservation_service.migrations import (
     SchemaNotCurrent,
     apply_migrations,
@@ -29,11 +29,12 @@ from reservation_service.migrations import (
 )
 from reservation_service.outbox import OutboxRelay
 from reservation_service.servicer import ReservationServicer
-from reservation_service.settings import INSECURE_DEV_SECRET, Settings
+from reservation_service.settings import Settings
 from reservation_service.store import ReservationStore
 from slotlock import deadlines, logs, metrics, reflection, tracing
 from slotlock.grpc_server import add_port, create_server
 from slotlock.health import Health
+from slotlock.settings import SettingsError
 from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,8 @@ class ReservationServer:
 
     async def start(self) -> ReservationServer:
         s = self.settings
-        if s.hold_token_secret == INSECURE_DEV_SECRET:
-            log.warning(
-                "SLOTLOCK_HOLD_TOKEN_SECRET is not set: using an insecure development secret"
-            )
+        if not s.hold_token_secret:  # no default secret: fail closed (from_env checks more)
+            raise SettingsError("SLOTLOCK_HOLD_TOKEN_SECRET is not set: hold tokens need a secret")
         if s.migrate_on_start:
             await apply_migrations(s.database_url)
         else:  # no DDL rights: `slotlock migrate` must have run
@@ -91,8 +90,11 @@ class ReservationServer:
         self.reservations = Reservations(
             self.store,
             self.expirer,
-            HoldPolicy(ttl=s.hold_ttl, max_seats_per_hold=s.max_seats_per_hold),
-            HoldTokens(s.hold_token_secret.encode()),
+            s.hold_policy,
+            HoldTokens(
+                s.hold_token_secret.encode(),
+                tuple(secret.encode() for secret in s.previous_hold_token_secrets),
+            ),
             max_batch=s.max_batch,
         )
 

@@ -20,7 +20,16 @@ from slotlock.settings import (
     read_telemetry,
 )
 
-INSECURE_DEV_SECRET = "slotlock-insecure-dev-secret"
+# Hold tokens are HMACs under this secret: whoever knows it can pay for and release anyone's hold.
+MIN_SECRET_BYTES = 32
+# Values that have been published (examples, old defaults): never a secret.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "change-me-to-a-long-random-value",
+        "slotlock-insecure-dev-secret",
+        "test-secret",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,10 @@ class Settings:
     port: int = 50051
     hold_ttl_s: float = 300.0
     max_seats_per_hold: int = 10
-    hold_token_secret: str = INSECURE_DEV_SECRET
+    # Signs new hold tokens; the previous ones are still accepted (rotation). No default: the
+    # server refuses to start without one, and from_env refuses a short or published one.
+    hold_token_secret: str = ""
+    previous_hold_token_secrets: tuple[str, ...] = ()
     db_pool_size: int = 10
     # Outages (README, "Health, drain and outages"): how long a call may wait for Postgres before
     # it is answered UNAVAILABLE (never past the caller's deadline), how often health checks it,
@@ -85,6 +97,7 @@ class Settings:
         """Raises ``SettingsError`` with a one-line reason for a bad value."""
         d = cls()
         read = Reader(env)
+        secrets = _split_secrets(read.raw("SLOTLOCK_HOLD_TOKEN_SECRET"))
         return cls(
             database_url=read.url(
                 "SLOTLOCK_DATABASE_URL", d.database_url, schemes=POSTGRES_SCHEMES
@@ -94,7 +107,8 @@ class Settings:
             port=read.port("SLOTLOCK_RESERVATION_PORT", d.port),
             hold_ttl_s=read.number("SLOTLOCK_HOLD_TTL_S", d.hold_ttl_s, minimum=0.1, maximum=86400),
             max_seats_per_hold=read_max_seats_per_hold(read),
-            hold_token_secret=read.text("SLOTLOCK_HOLD_TOKEN_SECRET", d.hold_token_secret),
+            hold_token_secret=secrets[0] if secrets else "",
+            previous_hold_token_secrets=tuple(secrets[1:]),
             db_pool_size=read.integer(
                 "SLOTLOCK_DB_POOL_SIZE", d.db_pool_size, minimum=2, maximum=200
             ),
@@ -139,12 +153,44 @@ class Settings:
         ).checked()
 
     def checked(self) -> Settings:
+        """Checks across fields, and the hold-token secret last (so a test of another variable
+        sees that variable's error first)."""
         if self.workers > 1 and self.port == 0:
             raise SettingsError(
                 "SLOTLOCK_WORKERS must be 1 when SLOTLOCK_RESERVATION_PORT is 0, "
                 f"not {str(self.workers)!r} (the workers share one fixed port)"
             )
+        check_hold_token_secrets((self.hold_token_secret, *self.previous_hold_token_secrets))
         return self
+
+
+def _split_secrets(raw: str | None) -> list[str]:
+    """``new,old``: the first signs, all are accepted (commas never occur in the hex or base64
+    secrets `openssl rand` makes)."""
+    return [part.strip() for part in (raw or "").split(",") if part.strip()]
+
+
+def check_hold_token_secrets(secrets: tuple[str, ...]) -> None:
+    """Fail closed, in one line that never shows the secret: no secret, a short one, or one that
+    has been published anywhere (an outsider could compute every hold token with it)."""
+    name = "SLOTLOCK_HOLD_TOKEN_SECRET"
+    if not any(secrets):
+        raise SettingsError(
+            f"{name} is not set: hold tokens need a secret of at least {MIN_SECRET_BYTES} "
+            "random bytes shared by every replica (e.g. `openssl rand -hex 32`)"
+        )
+    for position, secret in enumerate(secrets, start=1):
+        which = "" if len(secrets) == 1 else f" (secret {position} of {len(secrets)})"
+        if secret.lower() in PLACEHOLDER_SECRETS or "change-me" in secret.lower():
+            raise SettingsError(
+                f"{name} is a published placeholder{which}: set a random secret of at least "
+                f"{MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+            )
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise SettingsError(
+                f"{name} must be at least {MIN_SECRET_BYTES} bytes{which}, not "
+                f"{len(secret.encode())} bytes (e.g. `openssl rand -hex 32`)"
+            )
 
 
 def _keep_s(read: Reader, name: str, default: float) -> float:

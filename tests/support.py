@@ -39,6 +39,8 @@ def snapshot(database_url: str) -> list[Any]:
 # their own tests (tests/integration/test_security.py); the e2e tests run with both on.
 TEST_JWT_SECRET = "slotlock-tests-only-jwt-secret-0123456789"
 TEST_SECURITY = ServerSecurity(auth=auth.AuthSettings(jwt_secret=TEST_JWT_SECRET))
+# Long enough for from_env (the reservation service refuses a short one outside the tests).
+TEST_HOLD_TOKEN_SECRET = "slotlock-tests-only-hold-token-secret-0123456789"
 
 
 def token_for(*roles: str, subject: str = "tests") -> str:
@@ -64,4 +66,5 @@ def open_channel(
 SECURE_ENV: dict[str, str] = {
     "SLOTLOCK_AUTH_JWT_SECRET": TEST_JWT_SECRET,
     "SLOTLOCK_INSECURE_PLAINTEXT": "true",
+    "SLOTLOCK_HOLD_TOKEN_SECRET": TEST_HOLD_TOKEN_SECRET,
 }
