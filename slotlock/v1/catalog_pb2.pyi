@@ -70,6 +70,12 @@ class _ReservationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Res
     """released by the buyer, or by the event's cancellation"""
     RESERVATION_STATUS_EXPIRED: _ReservationStatus.ValueType  # 4
     RESERVATION_STATUS_REFUNDED: _ReservationStatus.ValueType  # 5
+    """every seat refunded (refunded_quantity == quantity)"""
+    RESERVATION_STATUS_PAYMENT_TO_REFUND: _ReservationStatus.ValueType  # 6
+    """ConfirmHold came after the hold lapsed and its seats were no longer free: the payment is
+    recorded (payment_reference) and must be refunded; RefundReservation then marks it REFUNDED.
+    Holds no seats.
+    """
 
 class ReservationStatus(_ReservationStatus, metaclass=_ReservationStatusEnumTypeWrapper): ...
 
@@ -81,6 +87,12 @@ RESERVATION_STATUS_CANCELLED: ReservationStatus.ValueType  # 3
 """released by the buyer, or by the event's cancellation"""
 RESERVATION_STATUS_EXPIRED: ReservationStatus.ValueType  # 4
 RESERVATION_STATUS_REFUNDED: ReservationStatus.ValueType  # 5
+"""every seat refunded (refunded_quantity == quantity)"""
+RESERVATION_STATUS_PAYMENT_TO_REFUND: ReservationStatus.ValueType  # 6
+"""ConfirmHold came after the hold lapsed and its seats were no longer free: the payment is
+recorded (payment_reference) and must be refunded; RefundReservation then marks it REFUNDED.
+Holds no seats.
+"""
 Global___ReservationStatus: _TypeAlias = ReservationStatus  # noqa: Y015
 
 @_typing.final
@@ -130,6 +142,11 @@ class Event(_message.Message):
     PENDING_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    NEXT_HOLD_LAPSES_AT_FIELD_NUMBER: _builtins.int
+    HOLD_TTL_S_FIELD_NUMBER: _builtins.int
+    MAX_SEATS_PER_HOLD_FIELD_NUMBER: _builtins.int
+    MAX_SEATS_PER_CUSTOMER_FIELD_NUMBER: _builtins.int
+    MAX_HOLD_LIFETIME_S_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID, assigned by the reservation service"""
     code: _builtins.str
@@ -151,6 +168,13 @@ class Event(_message.Message):
     """max(0, capacity - paid - pending)"""
     version: _builtins.int
     """bumped by every change to this event or its holds"""
+    hold_ttl_s: _builtins.int
+    """Per-event overrides set by UpsertEvent; 0 = the reservation service's setting applies."""
+    max_seats_per_hold: _builtins.int
+    max_seats_per_customer: _builtins.int
+    """PENDING + PAID seats of one customer_ref on this event"""
+    max_hold_lifetime_s: _builtins.int
+    """ExtendHold never pushes a hold past created_at + this"""
     @_builtins.property
     def starts_at(self) -> _timestamp_pb2.Timestamp:
         """local date and time resolved in time_zone"""
@@ -159,6 +183,12 @@ class Event(_message.Message):
     def dinner_price(self) -> Global___Money: ...
     @_builtins.property
     def experience_only_price(self) -> Global___Money: ...
+    @_builtins.property
+    def next_hold_lapses_at(self) -> _timestamp_pb2.Timestamp:
+        """When the first PENDING hold lapses (its deadline, or the end of its payment grace): when
+        seats now in checkout may come free. Set by GetEvent only (unset on the feed and in lists).
+        """
+
     def __init__(
         self,
         *,
@@ -178,10 +208,15 @@ class Event(_message.Message):
         pending: _builtins.int = ...,
         available: _builtins.int = ...,
         version: _builtins.int = ...,
+        next_hold_lapses_at: _timestamp_pb2.Timestamp | None = ...,
+        hold_ttl_s: _builtins.int = ...,
+        max_seats_per_hold: _builtins.int = ...,
+        max_seats_per_customer: _builtins.int = ...,
+        max_hold_lifetime_s: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dinner_price", b"dinner_price", "experience_only_price", b"experience_only_price", "starts_at", b"starts_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dinner_price", b"dinner_price", "experience_only_price", b"experience_only_price", "next_hold_lapses_at", b"next_hold_lapses_at", "starts_at", b"starts_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "capacity", b"capacity", "code", b"code", "dinner_price", b"dinner_price", "experience_only_enabled", b"experience_only_enabled", "experience_only_price", b"experience_only_price", "experience_title", b"experience_title", "id", b"id", "local_date", b"local_date", "local_start_time", b"local_start_time", "paid", b"paid", "pending", b"pending", "starts_at", b"starts_at", "status", b"status", "time_zone", b"time_zone", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "capacity", b"capacity", "code", b"code", "dinner_price", b"dinner_price", "experience_only_enabled", b"experience_only_enabled", "experience_only_price", b"experience_only_price", "experience_title", b"experience_title", "hold_ttl_s", b"hold_ttl_s", "id", b"id", "local_date", b"local_date", "local_start_time", b"local_start_time", "max_hold_lifetime_s", b"max_hold_lifetime_s", "max_seats_per_customer", b"max_seats_per_customer", "max_seats_per_hold", b"max_seats_per_hold", "next_hold_lapses_at", b"next_hold_lapses_at", "paid", b"paid", "pending", b"pending", "starts_at", b"starts_at", "status", b"status", "time_zone", b"time_zone", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,6 +270,10 @@ class Reservation(_message.Message):
     PAYMENT_FIELD_NUMBER: _builtins.int
     PAYMENT_REFERENCE_FIELD_NUMBER: _builtins.int
     REFUND_REASON_FIELD_NUMBER: _builtins.int
+    PAYMENT_GRACE_UNTIL_FIELD_NUMBER: _builtins.int
+    PAID_LATE_FIELD_NUMBER: _builtins.int
+    REFUNDED_QUANTITY_FIELD_NUMBER: _builtins.int
+    EXTENSIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     event_id: _builtins.str
     quantity: _builtins.int
@@ -244,7 +283,13 @@ class Reservation(_message.Message):
     payment_reference: _builtins.str
     """set by ConfirmHold"""
     refund_reason: _builtins.str
-    """set by RefundReservation"""
+    """set by RefundReservation (the latest reason)"""
+    paid_late: _builtins.bool
+    """PAID by a ConfirmHold after the hold had lapsed"""
+    refunded_quantity: _builtins.int
+    """seats refunded so far; PAID seats = quantity - this"""
+    extensions: _builtins.int
+    """times ExtendHold pushed expires_at out"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -256,6 +301,13 @@ class Reservation(_message.Message):
     @_builtins.property
     def payment(self) -> Global___PaymentAttempt:
         """cleared when the hold expires"""
+
+    @_builtins.property
+    def payment_grace_until(self) -> _timestamp_pb2.Timestamp:
+        """PENDING with payment in progress (RecordPaymentAttempt payment_in_progress): the hold does
+        not lapse before this instant (one grace period after expires_at); its seats stay "being
+        processed" until then.
+        """
 
     def __init__(
         self,
@@ -272,10 +324,14 @@ class Reservation(_message.Message):
         payment: Global___PaymentAttempt | None = ...,
         payment_reference: _builtins.str = ...,
         refund_reason: _builtins.str = ...,
+        payment_grace_until: _timestamp_pb2.Timestamp | None = ...,
+        paid_late: _builtins.bool = ...,
+        refunded_quantity: _builtins.int = ...,
+        extensions: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "payment", b"payment", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "payment", b"payment", "payment_grace_until", b"payment_grace_until", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "customer_ref", b"customer_ref", "event_id", b"event_id", "expires_at", b"expires_at", "id", b"id", "payment", b"payment", "payment_reference", b"payment_reference", "quantity", b"quantity", "refund_reason", b"refund_reason", "status", b"status", "ticket_type", b"ticket_type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "customer_ref", b"customer_ref", "event_id", b"event_id", "expires_at", b"expires_at", "extensions", b"extensions", "id", b"id", "paid_late", b"paid_late", "payment", b"payment", "payment_grace_until", b"payment_grace_until", "payment_reference", b"payment_reference", "quantity", b"quantity", "refund_reason", b"refund_reason", "refunded_quantity", b"refunded_quantity", "status", b"status", "ticket_type", b"ticket_type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from slotlock.v1 import catalog_pb2 as slotlock_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slotlock/v1/changes.proto\x12\x0bslotlock.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19slotlock/v1/catalog.proto\"\xca\x01\n\x0b\x45ventChange\x12\x11\n\tchange_id\x18\x01 \x01(\x03\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.slotlock.v1.ChangeType\x12!\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x12.slotlock.v1.Event\x12-\n\x0breservation\x18\x04 \x01(\x0b\x32\x18.slotlock.v1.Reservation\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8a\x02\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HANGE_TYPE_EVENT_UPSERTED\x10\x01\x12\x1c\n\x18\x43HANGE_TYPE_HOLD_CREATED\x10\x02\x12\x1e\n\x1a\x43HANGE_TYPE_HOLD_CONFIRMED\x10\x03\x12\x1d\n\x19\x43HANGE_TYPE_HOLD_RELEASED\x10\x04\x12\x1c\n\x18\x43HANGE_TYPE_HOLD_EXPIRED\x10\x05\x12$\n CHANGE_TYPE_RESERVATION_REFUNDED\x10\x06\x12\x1e\n\x1a\x43HANGE_TYPE_STATE_SNAPSHOT\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slotlock/v1/changes.proto\x12\x0bslotlock.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19slotlock/v1/catalog.proto\"\xf2\x01\n\x0b\x45ventChange\x12\x11\n\tchange_id\x18\x01 \x01(\x03\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.slotlock.v1.ChangeType\x12!\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x12.slotlock.v1.Event\x12-\n\x0breservation\x18\x04 \x01(\x0b\x32\x18.slotlock.v1.Reservation\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erefunded_seats\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t*\xf6\x02\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HANGE_TYPE_EVENT_UPSERTED\x10\x01\x12\x1c\n\x18\x43HANGE_TYPE_HOLD_CREATED\x10\x02\x12\x1e\n\x1a\x43HANGE_TYPE_HOLD_CONFIRMED\x10\x03\x12\x1d\n\x19\x43HANGE_TYPE_HOLD_RELEASED\x10\x04\x12\x1c\n\x18\x43HANGE_TYPE_HOLD_EXPIRED\x10\x05\x12$\n CHANGE_TYPE_RESERVATION_REFUNDED\x10\x06\x12\x1e\n\x1a\x43HANGE_TYPE_STATE_SNAPSHOT\x10\x07\x12\x1d\n\x19\x43HANGE_TYPE_HOLD_EXTENDED\x10\x08\x12(\n$CHANGE_TYPE_PAYMENT_ATTEMPT_RECORDED\x10\t\x12!\n\x1d\x43HANGE_TYPE_PAYMENT_TO_REFUND\x10\nb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slotlock.v1.changes_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANGETYPE']._serialized_start=308
-  _globals['_CHANGETYPE']._serialized_end=574
+  _globals['_CHANGETYPE']._serialized_start=348
+  _globals['_CHANGETYPE']._serialized_end=722
   _globals['_EVENTCHANGE']._serialized_start=103
-  _globals['_EVENTCHANGE']._serialized_end=305
+  _globals['_EVENTCHANGE']._serialized_end=345
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,17 @@ class _ChangeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeType
     message for the event is behind the database (e.g. JetStream lost acknowledged writes, or the
     stream was recreated). change_id is 0; event.version is the database's.
     """
+    CHANGE_TYPE_HOLD_EXTENDED: _ChangeType.ValueType  # 8
+    """ExtendHold pushed a PENDING hold's expires_at out (reservation.expires_at is the new one)."""
+    CHANGE_TYPE_PAYMENT_ATTEMPT_RECORDED: _ChangeType.ValueType  # 9
+    """RecordPaymentAttempt on a PENDING hold; with payment in progress reservation.payment_grace_until
+    is set. No seats move.
+    """
+    CHANGE_TYPE_PAYMENT_TO_REFUND: _ChangeType.ValueType  # 10
+    """A late ConfirmHold found no seats to take again: the reservation is PAYMENT_TO_REFUND and the
+    payment side must refund reservation.payment_reference. (A late ConfirmHold that did take the
+    seats is HOLD_CONFIRMED with reservation.paid_late set.)
+    """
 
 class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper): ...
 
@@ -55,6 +66,17 @@ CHANGE_TYPE_STATE_SNAPSHOT: ChangeType.ValueType  # 7
 message for the event is behind the database (e.g. JetStream lost acknowledged writes, or the
 stream was recreated). change_id is 0; event.version is the database's.
 """
+CHANGE_TYPE_HOLD_EXTENDED: ChangeType.ValueType  # 8
+"""ExtendHold pushed a PENDING hold's expires_at out (reservation.expires_at is the new one)."""
+CHANGE_TYPE_PAYMENT_ATTEMPT_RECORDED: ChangeType.ValueType  # 9
+"""RecordPaymentAttempt on a PENDING hold; with payment in progress reservation.payment_grace_until
+is set. No seats move.
+"""
+CHANGE_TYPE_PAYMENT_TO_REFUND: ChangeType.ValueType  # 10
+"""A late ConfirmHold found no seats to take again: the reservation is PAYMENT_TO_REFUND and the
+payment side must refund reservation.payment_reference. (A late ConfirmHold that did take the
+seats is HOLD_CONFIRMED with reservation.paid_late set.)
+"""
 Global___ChangeType: _TypeAlias = ChangeType  # noqa: Y015
 
 @_typing.final
@@ -66,9 +88,15 @@ class EventChange(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     RESERVATION_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    REFUNDED_SEATS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     change_id: _builtins.int
     """outbox row id; also the JetStream Nats-Msg-Id"""
     type: Global___ChangeType.ValueType
+    refunded_seats: _builtins.int
+    """RESERVATION_REFUNDED: seats refunded by this change"""
+    reason: _builtins.str
+    """RESERVATION_REFUNDED: why (also reservation.refund_reason)"""
     @_builtins.property
     def event(self) -> _catalog_pb2.Event:
         """state after the change; event.version orders changes"""
@@ -87,10 +115,12 @@ class EventChange(_message.Message):
         event: _catalog_pb2.Event | None = ...,
         reservation: _catalog_pb2.Reservation | None = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        refunded_seats: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "occurred_at", b"occurred_at", "reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_id", b"change_id", "event", b"event", "occurred_at", b"occurred_at", "reservation", b"reservation", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_id", b"change_id", "event", b"event", "occurred_at", b"occurred_at", "reason", b"reason", "refunded_seats", b"refunded_seats", "reservation", b"reservation", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from slotlock.v1 import access_pb2 as slotlock_dot_v1_dot_access__pb2
 from slotlock.v1 import bounds_pb2 as slotlock_dot_v1_dot_bounds__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from slotlock.v1 import catalog_pb2 as slotlock_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dslotlock/v1/reservation.proto\x12\x0bslotlock.v1\x1a\x18slotlock/v1/access.proto\x1a\x18slotlock/v1/bounds.proto\x1a\x19slotlock/v1/catalog.proto\"\xe0\x02\n\x12UpsertEventRequest\x12\x14\n\x04\x63ode\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08\x64\x12!\n\x10\x65xperience_title\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\x12\x1a\n\nlocal_date\x18\x03 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12 \n\x10local_start_time\x18\x04 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x19\n\ttime_zone\x18\x05 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x1f\n\x17\x65xperience_only_enabled\x18\x08 \x01(\x08\x12(\n\x0c\x64inner_price\x18\t \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x31\n\x15\x65xperience_only_price\x18\n \x01(\x0b\x32\x12.slotlock.v1.Money\"+\n\x0fGetEventRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\"\xa1\x01\n\x11ListEventsRequest\x12\x19\n\tfrom_date\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x17\n\x07to_date\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x1b\n\npage_token\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"Q\n\x12ListEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.slotlock.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xae\x01\n\x11\x43reateHoldRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12,\n\x0bticket_type\x18\x03 \x01(\x0e\x32\x17.slotlock.v1.TicketType\x12\x1d\n\x0c\x63ustomer_ref\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\x12 \n\x0fidempotency_key\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\"W\n\x12\x43reateHoldResponse\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.slotlock.v1.Reservation\x12\x12\n\nhold_token\x18\x02 \x01(\t\"\x88\x01\n\x1bRecordPaymentAttemptRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12,\n\x07payment\x18\x03 \x01(\x0b\x32\x1b.slotlock.v1.PaymentAttempt\"u\n\x12\x43onfirmHoldRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12\"\n\x11payment_reference\x18\x03 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\"Q\n\x12ReleaseHoldRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\"T\n\x15GetReservationRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\"\x93\x01\n\x17ListReservationsRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.slotlock.v1.ReservationStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x1b\n\npage_token\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"c\n\x18ListReservationsResponse\x12.\n\x0creservations\x18\x01 \x03(\x0b\x32\x18.slotlock.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x18RefundReservationRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\xf4\x03\"\x19\n\x17\x45xpireStaleHoldsRequest\"=\n\x18\x45xpireStaleHoldsResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x05\x32\xd8\x08\n\x12ReservationService\x12O\n\x0bUpsertEvent\x12\x1f.slotlock.v1.UpsertEventRequest\x1a\x12.slotlock.v1.Event\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12Q\n\x08GetEvent\x12\x1c.slotlock.v1.GetEventRequest\x1a\x12.slotlock.v1.Event\"\x13\xd2\xf3\x18\x0f\n\x06reader\n\x05\x61\x64min\x12\x62\n\nListEvents\x12\x1e.slotlock.v1.ListEventsRequest\x1a\x1f.slotlock.v1.ListEventsResponse\"\x13\xd2\xf3\x18\x0f\n\x06reader\n\x05\x61\x64min\x12\x63\n\nCreateHold\x12\x1e.slotlock.v1.CreateHoldRequest\x1a\x1f.slotlock.v1.CreateHoldResponse\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12p\n\x14RecordPaymentAttempt\x12(.slotlock.v1.RecordPaymentAttemptRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12^\n\x0b\x43onfirmHold\x12\x1f.slotlock.v1.ConfirmHoldRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12^\n\x0bReleaseHold\x12\x1f.slotlock.v1.ReleaseHoldRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12\x64\n\x0eGetReservation\x12\".slotlock.v1.GetReservationRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12l\n\x10ListReservations\x12$.slotlock.v1.ListReservationsRequest\x1a%.slotlock.v1.ListReservationsResponse\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12\x61\n\x11RefundReservation\x12%.slotlock.v1.RefundReservationRequest\x1a\x18.slotlock.v1.Reservation\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12l\n\x10\x45xpireStaleHolds\x12$.slotlock.v1.ExpireStaleHoldsRequest\x1a%.slotlock.v1.ExpireStaleHoldsResponse\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64minb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dslotlock/v1/reservation.proto\x12\x0bslotlock.v1\x1a\x18slotlock/v1/access.proto\x1a\x18slotlock/v1/bounds.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19slotlock/v1/catalog.proto\"\xcd\x03\n\x12UpsertEventRequest\x12\x14\n\x04\x63ode\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08\x64\x12!\n\x10\x65xperience_title\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\x12\x1a\n\nlocal_date\x18\x03 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12 \n\x10local_start_time\x18\x04 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x19\n\ttime_zone\x18\x05 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x1f\n\x17\x65xperience_only_enabled\x18\x08 \x01(\x08\x12(\n\x0c\x64inner_price\x18\t \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x31\n\x15\x65xperience_only_price\x18\n \x01(\x0b\x32\x12.slotlock.v1.Money\x12\x12\n\nhold_ttl_s\x18\x0b \x01(\x05\x12\x1a\n\x12max_seats_per_hold\x18\x0c \x01(\x05\x12\x1e\n\x16max_seats_per_customer\x18\r \x01(\x05\x12\x1b\n\x13max_hold_lifetime_s\x18\x0e \x01(\x05\"+\n\x0fGetEventRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\"\xa1\x01\n\x11ListEventsRequest\x12\x19\n\tfrom_date\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12\x17\n\x07to_date\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x08 \x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.slotlock.v1.EventStatus\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x1b\n\npage_token\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"Q\n\x12ListEventsResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.slotlock.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xae\x01\n\x11\x43reateHoldRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12,\n\x0bticket_type\x18\x03 \x01(\x0e\x32\x17.slotlock.v1.TicketType\x12\x1d\n\x0c\x63ustomer_ref\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\x12 \n\x0fidempotency_key\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\"W\n\x12\x43reateHoldResponse\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.slotlock.v1.Reservation\x12\x12\n\nhold_token\x18\x02 \x01(\t\"\xa5\x01\n\x1bRecordPaymentAttemptRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12,\n\x07payment\x18\x03 \x01(\x0b\x32\x1b.slotlock.v1.PaymentAttempt\x12\x1b\n\x13payment_in_progress\x18\x04 \x01(\x08\"u\n\x12\x43onfirmHoldRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12\"\n\x11payment_reference\x18\x03 \x01(\tB\x07\xca\xf3\x18\x03\x08\xc8\x01\"Q\n\x12ReleaseHoldRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\"T\n\x15GetReservationRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\"\x93\x01\n\x17ListReservationsRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.slotlock.v1.ReservationStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x1b\n\npage_token\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"c\n\x18ListReservationsResponse\x12.\n\x0creservations\x18\x01 \x03(\x0b\x32\x18.slotlock.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"e\n\x18RefundReservationRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x17\n\x06reason\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\xf4\x03\x12\x10\n\x08quantity\x18\x03 \x01(\x05\"\x19\n\x17\x45xpireStaleHoldsRequest\"=\n\x18\x45xpireStaleHoldsResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x05\"e\n\x11\x45xtendHoldRequest\x12\x1e\n\x0ereservation_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1b\n\nhold_token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x01\x12\x13\n\x0b\x65xtend_by_s\x18\x03 \x01(\x05\"~\n\x12ListChangesRequest\x12\x18\n\x08\x65vent_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x1e\n\x0ereservation_id\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x08@\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x1b\n\npage_token\x18\x04 \x01(\tB\x07\xca\xf3\x18\x03\x08\x80\x08\"Z\n\x13ListChangesResponse\x12*\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x19.slotlock.v1.HistoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9b\x02\n\x0cHistoryEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x16\n\x0ereservation_id\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x13\n\x0b\x63hange_type\x18\x06 \x01(\t\x12:\n\x12reservation_status\x18\x07 \x01(\x0e\x32\x1e.slotlock.v1.ReservationStatus\x12\r\n\x05seats\x18\x08 \x01(\x05\x12\x15\n\revent_version\x18\t \x01(\x03\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t2\x95\n\n\x12ReservationService\x12O\n\x0bUpsertEvent\x12\x1f.slotlock.v1.UpsertEventRequest\x1a\x12.slotlock.v1.Event\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12Q\n\x08GetEvent\x12\x1c.slotlock.v1.GetEventRequest\x1a\x12.slotlock.v1.Event\"\x13\xd2\xf3\x18\x0f\n\x06reader\n\x05\x61\x64min\x12\x62\n\nListEvents\x12\x1e.slotlock.v1.ListEventsRequest\x1a\x1f.slotlock.v1.ListEventsResponse\"\x13\xd2\xf3\x18\x0f\n\x06reader\n\x05\x61\x64min\x12\x63\n\nCreateHold\x12\x1e.slotlock.v1.CreateHoldRequest\x1a\x1f.slotlock.v1.CreateHoldResponse\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12p\n\x14RecordPaymentAttempt\x12(.slotlock.v1.RecordPaymentAttemptRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12^\n\x0b\x43onfirmHold\x12\x1f.slotlock.v1.ConfirmHoldRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12\\\n\nExtendHold\x12\x1e.slotlock.v1.ExtendHoldRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12^\n\x0bReleaseHold\x12\x1f.slotlock.v1.ReleaseHoldRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12\x64\n\x0eGetReservation\x12\".slotlock.v1.GetReservationRequest\x1a\x18.slotlock.v1.Reservation\"\x14\xd2\xf3\x18\x10\n\x07\x62ooking\n\x05\x61\x64min\x12l\n\x10ListReservations\x12$.slotlock.v1.ListReservationsRequest\x1a%.slotlock.v1.ListReservationsResponse\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12\x61\n\x11RefundReservation\x12%.slotlock.v1.RefundReservationRequest\x1a\x18.slotlock.v1.Reservation\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12l\n\x10\x45xpireStaleHolds\x12$.slotlock.v1.ExpireStaleHoldsRequest\x1a%.slotlock.v1.ExpireStaleHoldsResponse\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64min\x12]\n\x0bListChanges\x12\x1f.slotlock.v1.ListChangesRequest\x1a .slotlock.v1.ListChangesResponse\"\x0b\xd2\xf3\x18\x07\n\x05\x61\x64minb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -84,6 +85,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFUNDRESERVATIONREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\312\363\030\002\010@'
   _globals['_REFUNDRESERVATIONREQUEST'].fields_by_name['reason']._loaded_options = None
   _globals['_REFUNDRESERVATIONREQUEST'].fields_by_name['reason']._serialized_options = b'\312\363\030\003\010\364\003'
+  _globals['_EXTENDHOLDREQUEST'].fields_by_name['reservation_id']._loaded_options = None
+  _globals['_EXTENDHOLDREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\312\363\030\002\010@'
+  _globals['_EXTENDHOLDREQUEST'].fields_by_name['hold_token']._loaded_options = None
+  _globals['_EXTENDHOLDREQUEST'].fields_by_name['hold_token']._serialized_options = b'\312\363\030\003\010\200\001'
+  _globals['_LISTCHANGESREQUEST'].fields_by_name['event_id']._loaded_options = None
+  _globals['_LISTCHANGESREQUEST'].fields_by_name['event_id']._serialized_options = b'\312\363\030\002\010@'
+  _globals['_LISTCHANGESREQUEST'].fields_by_name['reservation_id']._loaded_options = None
+  _globals['_LISTCHANGESREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\312\363\030\002\010@'
+  _globals['_LISTCHANGESREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTCHANGESREQUEST'].fields_by_name['page_token']._serialized_options = b'\312\363\030\003\010\200\010'
   _globals['_RESERVATIONSERVICE'].methods_by_name['UpsertEvent']._loaded_options = None
   _globals['_RESERVATIONSERVICE'].methods_by_name['UpsertEvent']._serialized_options = b'\322\363\030\007\n\005admin'
   _globals['_RESERVATIONSERVICE'].methods_by_name['GetEvent']._loaded_options = None
@@ -96,6 +107,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVATIONSERVICE'].methods_by_name['RecordPaymentAttempt']._serialized_options = b'\322\363\030\020\n\007booking\n\005admin'
   _globals['_RESERVATIONSERVICE'].methods_by_name['ConfirmHold']._loaded_options = None
   _globals['_RESERVATIONSERVICE'].methods_by_name['ConfirmHold']._serialized_options = b'\322\363\030\020\n\007booking\n\005admin'
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ExtendHold']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ExtendHold']._serialized_options = b'\322\363\030\020\n\007booking\n\005admin'
   _globals['_RESERVATIONSERVICE'].methods_by_name['ReleaseHold']._loaded_options = None
   _globals['_RESERVATIONSERVICE'].methods_by_name['ReleaseHold']._serialized_options = b'\322\363\030\020\n\007booking\n\005admin'
   _globals['_RESERVATIONSERVICE'].methods_by_name['GetReservation']._loaded_options = None
@@ -106,36 +119,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVATIONSERVICE'].methods_by_name['RefundReservation']._serialized_options = b'\322\363\030\007\n\005admin'
   _globals['_RESERVATIONSERVICE'].methods_by_name['ExpireStaleHolds']._loaded_options = None
   _globals['_RESERVATIONSERVICE'].methods_by_name['ExpireStaleHolds']._serialized_options = b'\322\363\030\007\n\005admin'
-  _globals['_UPSERTEVENTREQUEST']._serialized_start=126
-  _globals['_UPSERTEVENTREQUEST']._serialized_end=478
-  _globals['_GETEVENTREQUEST']._serialized_start=480
-  _globals['_GETEVENTREQUEST']._serialized_end=523
-  _globals['_LISTEVENTSREQUEST']._serialized_start=526
-  _globals['_LISTEVENTSREQUEST']._serialized_end=687
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=689
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=770
-  _globals['_CREATEHOLDREQUEST']._serialized_start=773
-  _globals['_CREATEHOLDREQUEST']._serialized_end=947
-  _globals['_CREATEHOLDRESPONSE']._serialized_start=949
-  _globals['_CREATEHOLDRESPONSE']._serialized_end=1036
-  _globals['_RECORDPAYMENTATTEMPTREQUEST']._serialized_start=1039
-  _globals['_RECORDPAYMENTATTEMPTREQUEST']._serialized_end=1175
-  _globals['_CONFIRMHOLDREQUEST']._serialized_start=1177
-  _globals['_CONFIRMHOLDREQUEST']._serialized_end=1294
-  _globals['_RELEASEHOLDREQUEST']._serialized_start=1296
-  _globals['_RELEASEHOLDREQUEST']._serialized_end=1377
-  _globals['_GETRESERVATIONREQUEST']._serialized_start=1379
-  _globals['_GETRESERVATIONREQUEST']._serialized_end=1463
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1466
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1613
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1615
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1714
-  _globals['_REFUNDRESERVATIONREQUEST']._serialized_start=1716
-  _globals['_REFUNDRESERVATIONREQUEST']._serialized_end=1799
-  _globals['_EXPIRESTALEHOLDSREQUEST']._serialized_start=1801
-  _globals['_EXPIRESTALEHOLDSREQUEST']._serialized_end=1826
-  _globals['_EXPIRESTALEHOLDSRESPONSE']._serialized_start=1828
-  _globals['_EXPIRESTALEHOLDSRESPONSE']._serialized_end=1889
-  _globals['_RESERVATIONSERVICE']._serialized_start=1892
-  _globals['_RESERVATIONSERVICE']._serialized_end=3004
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ListChanges']._loaded_options = None
+  _globals['_RESERVATIONSERVICE'].methods_by_name['ListChanges']._serialized_options = b'\322\363\030\007\n\005admin'
+  _globals['_UPSERTEVENTREQUEST']._serialized_start=159
+  _globals['_UPSERTEVENTREQUEST']._serialized_end=620
+  _globals['_GETEVENTREQUEST']._serialized_start=622
+  _globals['_GETEVENTREQUEST']._serialized_end=665
+  _globals['_LISTEVENTSREQUEST']._serialized_start=668
+  _globals['_LISTEVENTSREQUEST']._serialized_end=829
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=831
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=912
+  _globals['_CREATEHOLDREQUEST']._serialized_start=915
+  _globals['_CREATEHOLDREQUEST']._serialized_end=1089
+  _globals['_CREATEHOLDRESPONSE']._serialized_start=1091
+  _globals['_CREATEHOLDRESPONSE']._serialized_end=1178
+  _globals['_RECORDPAYMENTATTEMPTREQUEST']._serialized_start=1181
+  _globals['_RECORDPAYMENTATTEMPTREQUEST']._serialized_end=1346
+  _globals['_CONFIRMHOLDREQUEST']._serialized_start=1348
+  _globals['_CONFIRMHOLDREQUEST']._serialized_end=1465
+  _globals['_RELEASEHOLDREQUEST']._serialized_start=1467
+  _globals['_RELEASEHOLDREQUEST']._serialized_end=1548
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=1550
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=1634
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1637
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1784
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1786
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1885
+  _globals['_REFUNDRESERVATIONREQUEST']._serialized_start=1887
+  _globals['_REFUNDRESERVATIONREQUEST']._serialized_end=1988
+  _globals['_EXPIRESTALEHOLDSREQUEST']._serialized_start=1990
+  _globals['_EXPIRESTALEHOLDSREQUEST']._serialized_end=2015
+  _globals['_EXPIRESTALEHOLDSRESPONSE']._serialized_start=2017
+  _globals['_EXPIRESTALEHOLDSRESPONSE']._serialized_end=2078
+  _globals['_EXTENDHOLDREQUEST']._serialized_start=2080
+  _globals['_EXTENDHOLDREQUEST']._serialized_end=2181
+  _globals['_LISTCHANGESREQUEST']._serialized_start=2183
+  _globals['_LISTCHANGESREQUEST']._serialized_end=2309
+  _globals['_LISTCHANGESRESPONSE']._serialized_start=2311
+  _globals['_LISTCHANGESRESPONSE']._serialized_end=2401
+  _globals['_HISTORYENTRY']._serialized_start=2404
+  _globals['_HISTORYENTRY']._serialized_end=2687
+  _globals['_RESERVATIONSERVICE']._serialized_start=2690
+  _globals['_RESERVATIONSERVICE']._serialized_end=3991
 # @@protoc_insertion_point(module_scope)

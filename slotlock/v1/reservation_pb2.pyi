@@ -6,6 +6,7 @@ The reservation service: the event catalog and seat holds. Postgres owns the tru
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from slotlock.v1 import catalog_pb2 as _catalog_pb2
 import builtins as _builtins
@@ -37,6 +38,10 @@ class UpsertEventRequest(_message.Message):
     EXPERIENCE_ONLY_ENABLED_FIELD_NUMBER: _builtins.int
     DINNER_PRICE_FIELD_NUMBER: _builtins.int
     EXPERIENCE_ONLY_PRICE_FIELD_NUMBER: _builtins.int
+    HOLD_TTL_S_FIELD_NUMBER: _builtins.int
+    MAX_SEATS_PER_HOLD_FIELD_NUMBER: _builtins.int
+    MAX_SEATS_PER_CUSTOMER_FIELD_NUMBER: _builtins.int
+    MAX_HOLD_LIFETIME_S_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     experience_title: _builtins.str
     local_date: _builtins.str
@@ -49,6 +54,16 @@ class UpsertEventRequest(_message.Message):
     status: _catalog_pb2.EventStatus.ValueType
     """UNSPECIFIED = SCHEDULED on create, unchanged on update"""
     experience_only_enabled: _builtins.bool
+    hold_ttl_s: _builtins.int
+    """Per-event overrides of the service's settings; 0 = use the setting (and clears an override).
+    SLOTLOCK_HOLD_TTL_S
+    """
+    max_seats_per_hold: _builtins.int
+    """SLOTLOCK_MAX_SEATS_PER_HOLD"""
+    max_seats_per_customer: _builtins.int
+    """SLOTLOCK_MAX_SEATS_PER_CUSTOMER"""
+    max_hold_lifetime_s: _builtins.int
+    """SLOTLOCK_MAX_HOLD_LIFETIME_S"""
     @_builtins.property
     def dinner_price(self) -> _catalog_pb2.Money: ...
     @_builtins.property
@@ -66,10 +81,14 @@ class UpsertEventRequest(_message.Message):
         experience_only_enabled: _builtins.bool = ...,
         dinner_price: _catalog_pb2.Money | None = ...,
         experience_only_price: _catalog_pb2.Money | None = ...,
+        hold_ttl_s: _builtins.int = ...,
+        max_seats_per_hold: _builtins.int = ...,
+        max_seats_per_customer: _builtins.int = ...,
+        max_hold_lifetime_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dinner_price", b"dinner_price", "experience_only_price", b"experience_only_price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "code", b"code", "dinner_price", b"dinner_price", "experience_only_enabled", b"experience_only_enabled", "experience_only_price", b"experience_only_price", "experience_title", b"experience_title", "local_date", b"local_date", "local_start_time", b"local_start_time", "status", b"status", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "code", b"code", "dinner_price", b"dinner_price", "experience_only_enabled", b"experience_only_enabled", "experience_only_price", b"experience_only_price", "experience_title", b"experience_title", "hold_ttl_s", b"hold_ttl_s", "local_date", b"local_date", "local_start_time", b"local_start_time", "max_hold_lifetime_s", b"max_hold_lifetime_s", "max_seats_per_customer", b"max_seats_per_customer", "max_seats_per_hold", b"max_seats_per_hold", "status", b"status", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -217,8 +236,13 @@ class RecordPaymentAttemptRequest(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     HOLD_TOKEN_FIELD_NUMBER: _builtins.int
     PAYMENT_FIELD_NUMBER: _builtins.int
+    PAYMENT_IN_PROGRESS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     hold_token: _builtins.str
+    payment_in_progress: _builtins.bool
+    """The buyer has started paying (3-D Secure, QR scanned, transfer initiated): the hold gets one
+    grace period (SLOTLOCK_PAYMENT_GRACE_S after expires_at) during which it does not lapse.
+    """
     @_builtins.property
     def payment(self) -> _catalog_pb2.PaymentAttempt: ...
     def __init__(
@@ -227,10 +251,11 @@ class RecordPaymentAttemptRequest(_message.Message):
         reservation_id: _builtins.str = ...,
         hold_token: _builtins.str = ...,
         payment: _catalog_pb2.PaymentAttempt | None = ...,
+        payment_in_progress: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_token", b"hold_token", "payment", b"payment", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_token", b"hold_token", "payment", b"payment", "payment_in_progress", b"payment_in_progress", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -366,17 +391,24 @@ class RefundReservationRequest(_message.Message):
 
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     reason: _builtins.str
+    quantity: _builtins.int
+    """Seats to refund; 0 = every seat not yet refunded. A reservation stays PAID until all its
+    seats are refunded; the seats return at once. A PAYMENT_TO_REFUND reservation is refunded
+    whole (it holds no seats). Not idempotent for a partial refund: each call refunds more.
+    """
     def __init__(
         self,
         *,
         reservation_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity", "reason", b"reason", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,3 +452,141 @@ class ExpireStaleHoldsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExpireStaleHoldsResponse: _TypeAlias = ExpireStaleHoldsResponse  # noqa: Y015
+
+@_typing.final
+class ExtendHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    HOLD_TOKEN_FIELD_NUMBER: _builtins.int
+    EXTEND_BY_S_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    hold_token: _builtins.str
+    extend_by_s: _builtins.int
+    """0 = SLOTLOCK_HOLD_EXTENSION_S"""
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        hold_token: _builtins.str = ...,
+        extend_by_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extend_by_s", b"extend_by_s", "hold_token", b"hold_token", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendHoldRequest: _TypeAlias = ExtendHoldRequest  # noqa: Y015
+
+@_typing.final
+class ListChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Exactly one of the two."""
+    reservation_id: _builtins.str
+    page_size: _builtins.int
+    """0 = 50; at most 500"""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "page_size", b"page_size", "page_token", b"page_token", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChangesRequest: _TypeAlias = ListChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListChangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___HistoryEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChangesResponse: _TypeAlias = ListChangesResponse  # noqa: Y015
+
+@_typing.final
+class HistoryEntry(_message.Message):
+    """One change, as the history table keeps it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CHANGE_TYPE_FIELD_NUMBER: _builtins.int
+    RESERVATION_STATUS_FIELD_NUMBER: _builtins.int
+    SEATS_FIELD_NUMBER: _builtins.int
+    EVENT_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """increasing"""
+    event_id: _builtins.str
+    reservation_id: _builtins.str
+    """empty for changes to the event itself"""
+    actor: _builtins.str
+    """the authenticated caller, or "expirer", "system" """
+    change_type: _builtins.str
+    """the ChangeType name without its prefix, e.g. HOLD_EXTENDED"""
+    reservation_status: _catalog_pb2.ReservationStatus.ValueType
+    """after the change"""
+    seats: _builtins.int
+    """seats the change concerned"""
+    event_version: _builtins.int
+    reason: _builtins.str
+    detail: _builtins.str
+    """what changed, for a person to read"""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        change_type: _builtins.str = ...,
+        reservation_status: _catalog_pb2.ReservationStatus.ValueType = ...,
+        seats: _builtins.int = ...,
+        event_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "change_type", b"change_type", "detail", b"detail", "event_id", b"event_id", "event_version", b"event_version", "id", b"id", "occurred_at", b"occurred_at", "reason", b"reason", "reservation_id", b"reservation_id", "reservation_status", b"reservation_status", "seats", b"seats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryEntry: _TypeAlias = HistoryEntry  # noqa: Y015

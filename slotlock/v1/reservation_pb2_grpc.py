@@ -65,6 +65,11 @@ class ReservationServiceStub:
                 request_serializer=slotlock_dot_v1_dot_reservation__pb2.ConfirmHoldRequest.SerializeToString,
                 response_deserializer=slotlock_dot_v1_dot_catalog__pb2.Reservation.FromString,
                 _registered_method=True)
+        self.ExtendHold = channel.unary_unary(
+                '/slotlock.v1.ReservationService/ExtendHold',
+                request_serializer=slotlock_dot_v1_dot_reservation__pb2.ExtendHoldRequest.SerializeToString,
+                response_deserializer=slotlock_dot_v1_dot_catalog__pb2.Reservation.FromString,
+                _registered_method=True)
         self.ReleaseHold = channel.unary_unary(
                 '/slotlock.v1.ReservationService/ReleaseHold',
                 request_serializer=slotlock_dot_v1_dot_reservation__pb2.ReleaseHoldRequest.SerializeToString,
@@ -89,6 +94,11 @@ class ReservationServiceStub:
                 '/slotlock.v1.ReservationService/ExpireStaleHolds',
                 request_serializer=slotlock_dot_v1_dot_reservation__pb2.ExpireStaleHoldsRequest.SerializeToString,
                 response_deserializer=slotlock_dot_v1_dot_reservation__pb2.ExpireStaleHoldsResponse.FromString,
+                _registered_method=True)
+        self.ListChanges = channel.unary_unary(
+                '/slotlock.v1.ReservationService/ListChanges',
+                request_serializer=slotlock_dot_v1_dot_reservation__pb2.ListChangesRequest.SerializeToString,
+                response_deserializer=slotlock_dot_v1_dot_reservation__pb2.ListChangesResponse.FromString,
                 _registered_method=True)
 
 
@@ -128,7 +138,24 @@ class ReservationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ConfirmHold(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """PENDING -> PAID. On a hold that has lapsed (EXPIRED, or PENDING past its deadline and grace)
+        the payment is recorded in every case: if the seats are free it takes them again and answers
+        PAID with paid_late set; otherwise the reservation becomes PAYMENT_TO_REFUND, a
+        CHANGE_TYPE_PAYMENT_TO_REFUND goes on the feed, and the call fails FAILED_PRECONDITION with
+        reason PAYMENT_TO_REFUND (metadata: reservation_id, payment_reference, seats_requested,
+        seats_left). A retry with the same reference answers the same way and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendHold(self, request, context):
+        """Pushes a PENDING hold's expires_at out by extend_by_s (0 = the service's default), never past
+        created_at + the maximum hold lifetime, at most the maximum number of times. Refused with
+        FAILED_PRECONDITION, reason HOLD_NOT_EXTENDABLE and metadata "cause" (MAX_EXTENSIONS,
+        MAX_LIFETIME) when a cap is reached; HOLD_EXPIRED or WRONG_HOLD_STATE when it is not a live
+        PENDING hold. Goes on the feed as CHANGE_TYPE_HOLD_EXTENDED.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -160,6 +187,14 @@ class ReservationServiceServicer:
 
     def ExpireStaleHolds(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChanges(self, request, context):
+        """The history of an event (every change to it or its reservations) or of one reservation,
+        oldest first: who, when, what and why. Kept for SLOTLOCK_KEEP_HISTORY_S.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -197,6 +232,11 @@ def add_ReservationServiceServicer_to_server(servicer, server):
                     request_deserializer=slotlock_dot_v1_dot_reservation__pb2.ConfirmHoldRequest.FromString,
                     response_serializer=slotlock_dot_v1_dot_catalog__pb2.Reservation.SerializeToString,
             ),
+            'ExtendHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendHold,
+                    request_deserializer=slotlock_dot_v1_dot_reservation__pb2.ExtendHoldRequest.FromString,
+                    response_serializer=slotlock_dot_v1_dot_catalog__pb2.Reservation.SerializeToString,
+            ),
             'ReleaseHold': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseHold,
                     request_deserializer=slotlock_dot_v1_dot_reservation__pb2.ReleaseHoldRequest.FromString,
@@ -221,6 +261,11 @@ def add_ReservationServiceServicer_to_server(servicer, server):
                     servicer.ExpireStaleHolds,
                     request_deserializer=slotlock_dot_v1_dot_reservation__pb2.ExpireStaleHoldsRequest.FromString,
                     response_serializer=slotlock_dot_v1_dot_reservation__pb2.ExpireStaleHoldsResponse.SerializeToString,
+            ),
+            'ListChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChanges,
+                    request_deserializer=slotlock_dot_v1_dot_reservation__pb2.ListChangesRequest.FromString,
+                    response_serializer=slotlock_dot_v1_dot_reservation__pb2.ListChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +441,33 @@ class ReservationService:
             _registered_method=True)
 
     @staticmethod
+    def ExtendHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slotlock.v1.ReservationService/ExtendHold',
+            slotlock_dot_v1_dot_reservation__pb2.ExtendHoldRequest.SerializeToString,
+            slotlock_dot_v1_dot_catalog__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ReleaseHold(request,
             target,
             options=(),
@@ -520,6 +592,33 @@ class ReservationService:
             '/slotlock.v1.ReservationService/ExpireStaleHolds',
             slotlock_dot_v1_dot_reservation__pb2.ExpireStaleHoldsRequest.SerializeToString,
             slotlock_dot_v1_dot_reservation__pb2.ExpireStaleHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slotlock.v1.ReservationService/ListChanges',
+            slotlock_dot_v1_dot_reservation__pb2.ListChangesRequest.SerializeToString,
+            slotlock_dot_v1_dot_reservation__pb2.ListChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,12 +40,30 @@ class ReservationServiceStub:
     """Holds."""
     RecordPaymentAttempt: _grpc.UnaryUnaryMultiCallable[_reservation_pb2.RecordPaymentAttemptRequest, _catalog_pb2.Reservation]
     ConfirmHold: _grpc.UnaryUnaryMultiCallable[_reservation_pb2.ConfirmHoldRequest, _catalog_pb2.Reservation]
+    """PENDING -> PAID. On a hold that has lapsed (EXPIRED, or PENDING past its deadline and grace)
+    the payment is recorded in every case: if the seats are free it takes them again and answers
+    PAID with paid_late set; otherwise the reservation becomes PAYMENT_TO_REFUND, a
+    CHANGE_TYPE_PAYMENT_TO_REFUND goes on the feed, and the call fails FAILED_PRECONDITION with
+    reason PAYMENT_TO_REFUND (metadata: reservation_id, payment_reference, seats_requested,
+    seats_left). A retry with the same reference answers the same way and changes nothing.
+    """
+    ExtendHold: _grpc.UnaryUnaryMultiCallable[_reservation_pb2.ExtendHoldRequest, _catalog_pb2.Reservation]
+    """Pushes a PENDING hold's expires_at out by extend_by_s (0 = the service's default), never past
+    created_at + the maximum hold lifetime, at most the maximum number of times. Refused with
+    FAILED_PRECONDITION, reason HOLD_NOT_EXTENDABLE and metadata "cause" (MAX_EXTENSIONS,
+    MAX_LIFETIME) when a cap is reached; HOLD_EXPIRED or WRONG_HOLD_STATE when it is not a live
+    PENDING hold. Goes on the feed as CHANGE_TYPE_HOLD_EXTENDED.
+    """
     ReleaseHold: _grpc.UnaryUnaryMultiCallable[_reservation_pb2.ReleaseHoldRequest, _catalog_pb2.Reservation]
     GetReservation: _grpc.UnaryUnaryMultiCallable[_reservation_pb2.GetReservationRequest, _catalog_pb2.Reservation]
     ListReservations: _grpc.UnaryUnaryMultiCallable[_reservation_pb2.ListReservationsRequest, _reservation_pb2.ListReservationsResponse]
     RefundReservation: _grpc.UnaryUnaryMultiCallable[_reservation_pb2.RefundReservationRequest, _catalog_pb2.Reservation]
     """Admin."""
     ExpireStaleHolds: _grpc.UnaryUnaryMultiCallable[_reservation_pb2.ExpireStaleHoldsRequest, _reservation_pb2.ExpireStaleHoldsResponse]
+    ListChanges: _grpc.UnaryUnaryMultiCallable[_reservation_pb2.ListChangesRequest, _reservation_pb2.ListChangesResponse]
+    """The history of an event (every change to it or its reservations) or of one reservation,
+    oldest first: who, when, what and why. Kept for SLOTLOCK_KEEP_HISTORY_S.
+    """
 
 @_typing.type_check_only
 class ReservationServiceAsyncStub(ReservationServiceStub):
@@ -58,12 +76,30 @@ class ReservationServiceAsyncStub(ReservationServiceStub):
     """Holds."""
     RecordPaymentAttempt: _aio.UnaryUnaryMultiCallable[_reservation_pb2.RecordPaymentAttemptRequest, _catalog_pb2.Reservation]  # type: ignore[assignment]
     ConfirmHold: _aio.UnaryUnaryMultiCallable[_reservation_pb2.ConfirmHoldRequest, _catalog_pb2.Reservation]  # type: ignore[assignment]
+    """PENDING -> PAID. On a hold that has lapsed (EXPIRED, or PENDING past its deadline and grace)
+    the payment is recorded in every case: if the seats are free it takes them again and answers
+    PAID with paid_late set; otherwise the reservation becomes PAYMENT_TO_REFUND, a
+    CHANGE_TYPE_PAYMENT_TO_REFUND goes on the feed, and the call fails FAILED_PRECONDITION with
+    reason PAYMENT_TO_REFUND (metadata: reservation_id, payment_reference, seats_requested,
+    seats_left). A retry with the same reference answers the same way and changes nothing.
+    """
+    ExtendHold: _aio.UnaryUnaryMultiCallable[_reservation_pb2.ExtendHoldRequest, _catalog_pb2.Reservation]  # type: ignore[assignment]
+    """Pushes a PENDING hold's expires_at out by extend_by_s (0 = the service's default), never past
+    created_at + the maximum hold lifetime, at most the maximum number of times. Refused with
+    FAILED_PRECONDITION, reason HOLD_NOT_EXTENDABLE and metadata "cause" (MAX_EXTENSIONS,
+    MAX_LIFETIME) when a cap is reached; HOLD_EXPIRED or WRONG_HOLD_STATE when it is not a live
+    PENDING hold. Goes on the feed as CHANGE_TYPE_HOLD_EXTENDED.
+    """
     ReleaseHold: _aio.UnaryUnaryMultiCallable[_reservation_pb2.ReleaseHoldRequest, _catalog_pb2.Reservation]  # type: ignore[assignment]
     GetReservation: _aio.UnaryUnaryMultiCallable[_reservation_pb2.GetReservationRequest, _catalog_pb2.Reservation]  # type: ignore[assignment]
     ListReservations: _aio.UnaryUnaryMultiCallable[_reservation_pb2.ListReservationsRequest, _reservation_pb2.ListReservationsResponse]  # type: ignore[assignment]
     RefundReservation: _aio.UnaryUnaryMultiCallable[_reservation_pb2.RefundReservationRequest, _catalog_pb2.Reservation]  # type: ignore[assignment]
     """Admin."""
     ExpireStaleHolds: _aio.UnaryUnaryMultiCallable[_reservation_pb2.ExpireStaleHoldsRequest, _reservation_pb2.ExpireStaleHoldsResponse]  # type: ignore[assignment]
+    ListChanges: _aio.UnaryUnaryMultiCallable[_reservation_pb2.ListChangesRequest, _reservation_pb2.ListChangesResponse]  # type: ignore[assignment]
+    """The history of an event (every change to it or its reservations) or of one reservation,
+    oldest first: who, when, what and why. Kept for SLOTLOCK_KEEP_HISTORY_S.
+    """
 
 class ReservationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -108,7 +144,27 @@ class ReservationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _reservation_pb2.ConfirmHoldRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_catalog_pb2.Reservation, _abc.Awaitable[_catalog_pb2.Reservation]]: ...
+    ) -> _typing.Union[_catalog_pb2.Reservation, _abc.Awaitable[_catalog_pb2.Reservation]]:
+        """PENDING -> PAID. On a hold that has lapsed (EXPIRED, or PENDING past its deadline and grace)
+        the payment is recorded in every case: if the seats are free it takes them again and answers
+        PAID with paid_late set; otherwise the reservation becomes PAYMENT_TO_REFUND, a
+        CHANGE_TYPE_PAYMENT_TO_REFUND goes on the feed, and the call fails FAILED_PRECONDITION with
+        reason PAYMENT_TO_REFUND (metadata: reservation_id, payment_reference, seats_requested,
+        seats_left). A retry with the same reference answers the same way and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ExtendHold(
+        self,
+        request: _reservation_pb2.ExtendHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.Reservation, _abc.Awaitable[_catalog_pb2.Reservation]]:
+        """Pushes a PENDING hold's expires_at out by extend_by_s (0 = the service's default), never past
+        created_at + the maximum hold lifetime, at most the maximum number of times. Refused with
+        FAILED_PRECONDITION, reason HOLD_NOT_EXTENDABLE and metadata "cause" (MAX_EXTENSIONS,
+        MAX_LIFETIME) when a cap is reached; HOLD_EXPIRED or WRONG_HOLD_STATE when it is not a live
+        PENDING hold. Goes on the feed as CHANGE_TYPE_HOLD_EXTENDED.
+        """
 
     @_abc_1.abstractmethod
     def ReleaseHold(
@@ -145,5 +201,15 @@ class ReservationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _reservation_pb2.ExpireStaleHoldsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_reservation_pb2.ExpireStaleHoldsResponse, _abc.Awaitable[_reservation_pb2.ExpireStaleHoldsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListChanges(
+        self,
+        request: _reservation_pb2.ListChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reservation_pb2.ListChangesResponse, _abc.Awaitable[_reservation_pb2.ListChangesResponse]]:
+        """The history of an event (every change to it or its reservations) or of one reservation,
+        oldest first: who, when, what and why. Kept for SLOTLOCK_KEEP_HISTORY_S.
+        """
 
 def add_ReservationServiceServicer_to_server(servicer: ReservationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
