@@ -13,8 +13,10 @@ from reservation_service.holds import (
     Change,
     ChangeType,
     Event,
+    EventOverrides,
     EventSpec,
     EventStatus,
+    HistoryEntry,
     HoldRequest,
     Money,
     PaymentAttempt,
@@ -42,6 +44,7 @@ RESERVATION_STATUS_TO_PROTO: dict[ReservationStatus, catalog_pb2.ReservationStat
     ReservationStatus.CANCELLED: catalog_pb2.RESERVATION_STATUS_CANCELLED,
     ReservationStatus.EXPIRED: catalog_pb2.RESERVATION_STATUS_EXPIRED,
     ReservationStatus.REFUNDED: catalog_pb2.RESERVATION_STATUS_REFUNDED,
+    ReservationStatus.PAYMENT_TO_REFUND: catalog_pb2.RESERVATION_STATUS_PAYMENT_TO_REFUND,
 }
 RESERVATION_STATUS_FROM_PROTO = {v: k for k, v in RESERVATION_STATUS_TO_PROTO.items()}
 CHANGE_TYPE_TO_PROTO: dict[ChangeType, changes_pb2.ChangeType.ValueType] = {
@@ -51,6 +54,9 @@ CHANGE_TYPE_TO_PROTO: dict[ChangeType, changes_pb2.ChangeType.ValueType] = {
     ChangeType.HOLD_RELEASED: changes_pb2.CHANGE_TYPE_HOLD_RELEASED,
     ChangeType.HOLD_EXPIRED: changes_pb2.CHANGE_TYPE_HOLD_EXPIRED,
     ChangeType.RESERVATION_REFUNDED: changes_pb2.CHANGE_TYPE_RESERVATION_REFUNDED,
+    ChangeType.HOLD_EXTENDED: changes_pb2.CHANGE_TYPE_HOLD_EXTENDED,
+    ChangeType.PAYMENT_ATTEMPT_RECORDED: changes_pb2.CHANGE_TYPE_PAYMENT_ATTEMPT_RECORDED,
+    ChangeType.PAYMENT_TO_REFUND: changes_pb2.CHANGE_TYPE_PAYMENT_TO_REFUND,
 }
 
 
@@ -61,7 +67,8 @@ def timestamp(moment: datetime) -> Timestamp:
 
 
 def event_to_proto(event: Event) -> catalog_pb2.Event:
-    return catalog_pb2.Event(
+    o = event.overrides
+    message = catalog_pb2.Event(
         id=event.id,
         code=event.code,
         experience_title=event.experience_title,
@@ -83,7 +90,14 @@ def event_to_proto(event: Event) -> catalog_pb2.Event:
         pending=event.pending,
         available=event.available,
         version=event.version,
+        hold_ttl_s=o.hold_ttl_s or 0,
+        max_seats_per_hold=o.max_seats_per_hold or 0,
+        max_seats_per_customer=o.max_seats_per_customer or 0,
+        max_hold_lifetime_s=o.max_hold_lifetime_s or 0,
     )
+    if event.next_hold_lapses_at is not None:
+        message.next_hold_lapses_at.CopyFrom(timestamp(event.next_hold_lapses_at))
+    return message
 
 
 def reservation_to_proto(reservation: Reservation) -> catalog_pb2.Reservation:
@@ -98,9 +112,14 @@ def reservation_to_proto(reservation: Reservation) -> catalog_pb2.Reservation:
         updated_at=timestamp(reservation.updated_at),
         payment_reference=reservation.payment_reference,
         refund_reason=reservation.refund_reason,
+        paid_late=reservation.paid_late,
+        refunded_quantity=reservation.refunded_quantity,
+        extensions=reservation.extensions,
     )
     if reservation.status is ReservationStatus.PENDING:
         message.expires_at.CopyFrom(timestamp(reservation.expires_at))
+        if reservation.payment_grace_until is not None:
+            message.payment_grace_until.CopyFrom(timestamp(reservation.payment_grace_until))
     if reservation.payment is not None:
         message.payment.CopyFrom(
             catalog_pb2.PaymentAttempt(
@@ -122,6 +141,27 @@ def change_to_proto(change: Change) -> changes_pb2.EventChange:
     )
     if change.reservation is not None:
         message.reservation.CopyFrom(reservation_to_proto(change.reservation))
+    if change.type is ChangeType.RESERVATION_REFUNDED:
+        message.refunded_seats = change.seats
+        message.reason = change.reason
+    return message
+
+
+def history_to_proto(entry: HistoryEntry) -> reservation_pb2.HistoryEntry:
+    message = reservation_pb2.HistoryEntry(
+        id=entry.id,
+        event_id=entry.event_id,
+        reservation_id=entry.reservation_id,
+        occurred_at=timestamp(entry.occurred_at),
+        actor=entry.actor,
+        change_type=entry.change_type,
+        seats=entry.seats,
+        event_version=entry.event_version,
+        reason=entry.reason,
+        detail=entry.detail,
+    )
+    if entry.reservation_status is not None:
+        message.reservation_status = RESERVATION_STATUS_TO_PROTO[entry.reservation_status]
     return message
 
 
@@ -179,13 +219,20 @@ def event_spec_from_proto(request: reservation_pb2.UpsertEventRequest) -> EventS
         experience_only_enabled=request.experience_only_enabled,
         dinner_price=money_from_proto(request.dinner_price, currency.upper()),
         experience_only_price=money_from_proto(request.experience_only_price, currency.upper()),
+        overrides=EventOverrides(
+            hold_ttl_s=request.hold_ttl_s or None,
+            max_seats_per_hold=request.max_seats_per_hold or None,
+            max_seats_per_customer=request.max_seats_per_customer or None,
+            max_hold_lifetime_s=request.max_hold_lifetime_s or None,
+        ),
     )
 
 
 def hold_request_from_proto(
-    request: reservation_pb2.CreateHoldRequest, deadline: float | None = None
+    request: reservation_pb2.CreateHoldRequest, deadline: float | None = None, actor: str = ""
 ) -> HoldRequest:
-    """``deadline``: when the caller gives up, on the monotonic clock (None: no deadline)."""
+    """``deadline``: when the caller gives up, on the monotonic clock (None: no deadline);
+    ``actor``: the caller's subject, for the history."""
     return HoldRequest(
         event_id=parse_uuid(request.event_id, "event_id"),
         quantity=request.quantity,
@@ -193,6 +240,7 @@ def hold_request_from_proto(
         customer_ref=request.customer_ref,
         idempotency_key=request.idempotency_key or None,
         deadline=deadline,
+        actor=actor,
     )
 
 

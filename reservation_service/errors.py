@@ -3,6 +3,9 @@ gRPC edge maps to a status code in one table."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
 from slotlock.errors import (
     AlreadyExists,
     Conflict,
@@ -38,16 +41,85 @@ class ReservationNotFound(NotFound):
 
 
 class NotEnoughSeats(Conflict):
+    """Not enough free seats. When some are held by buyers in checkout, says so and (once the
+    store has read it) when the first of those holds lapses: metadata ``seats_in_checkout`` and
+    ``next_hold_lapses_at`` (RFC 3339, UTC)."""
+
     reason = "NOT_ENOUGH_SEATS"
 
-    def __init__(self, requested: int, remaining: int) -> None:
+    def __init__(
+        self,
+        requested: int,
+        remaining: int,
+        *,
+        in_checkout: int = 0,
+        next_lapse_at: datetime | None = None,
+        time_zone: str = "UTC",
+    ) -> None:
         left = "no seats are left" if remaining == 0 else f"only {remaining} left"
-        super().__init__(
-            f"not enough seats: {requested} requested, {left}",
-            metadata={"seats_requested": str(requested), "seats_left": str(remaining)},
-        )
+        message = f"not enough seats: {requested} requested, {left}"
+        metadata = {"seats_requested": str(requested), "seats_left": str(remaining)}
+        if in_checkout:
+            held = (
+                f"all {in_checkout} remaining seats are in checkout"
+                if remaining == 0
+                else f"{in_checkout} more are in checkout"
+            )
+            message += f"; {held}"
+            metadata["seats_in_checkout"] = str(in_checkout)
+            if next_lapse_at is not None:
+                local = next_lapse_at.astimezone(ZoneInfo(time_zone))
+                message += f"; the first hold lapses at {local:%H:%M:%S} ({time_zone})"
+                metadata["next_hold_lapses_at"] = next_lapse_at.astimezone(UTC).isoformat()
+        super().__init__(message, metadata=metadata)
         self.requested = requested
         self.remaining = remaining
+        self.in_checkout = in_checkout
+
+
+class CustomerLimitReached(Conflict):
+    reason = "CUSTOMER_LIMIT_REACHED"
+
+    def __init__(self, requested: int, held: int, limit: int) -> None:
+        super().__init__(
+            f"at most {limit} seats per customer for this event: this customer already holds "
+            f"or has paid for {held}, and asked for {requested} more",
+            metadata={
+                "seats_requested": str(requested),
+                "seats_held_by_customer": str(held),
+                "max_seats_per_customer": str(limit),
+            },
+        )
+
+
+class HoldNotExtendable(Conflict):
+    """ExtendHold refused by a cap; ``cause`` (metadata) says which."""
+
+    reason = "HOLD_NOT_EXTENDABLE"
+
+    def __init__(self, cause: str, why: str) -> None:
+        super().__init__(f"the hold cannot be extended: {why}", metadata={"cause": cause})
+        self.cause = cause
+
+
+class PaymentToRefund(Conflict):
+    """A late ConfirmHold whose seats were gone: the payment is recorded (committed) and awaits
+    a refund; the reservation reads PAYMENT_TO_REFUND."""
+
+    reason = "PAYMENT_TO_REFUND"
+
+    def __init__(
+        self, reservation_id: str, payment_reference: str, quantity: int, why: str
+    ) -> None:
+        super().__init__(
+            f"hold expired before payment and its seats could not be taken again ({why}); the "
+            f"payment {payment_reference!r} is recorded and will be refunded",
+            metadata={
+                "reservation_id": reservation_id,
+                "payment_reference": payment_reference,
+                "seats_requested": str(quantity),
+            },
+        )
 
 
 class EventNotOpen(Conflict):

@@ -32,6 +32,7 @@ class Retention:
     keep_published_outbox_s: float = 86400.0
     keep_past_event_subjects_s: float = 7 * 86400.0  # 0 = keep forever
     keep_finished_reservations_s: float = 0.0  # 0 = keep forever
+    keep_history_s: float = 0.0  # 0 = keep forever (the service's default is 400 days)
     # After a (re)start, subjects of events that passed the horizon up to this long before it are
     # purged again (a no-op for those already gone): the relay keeps no record of what it purged.
     subject_lookback_s: float = 30 * 86400.0
@@ -64,6 +65,17 @@ async def purge_finished_reservations(pool: Pool, before: datetime, *, batch: in
             cur = await conn.execute(
                 QUERIES["purge_finished_reservations"], {"before": before, "limit": batch}
             )
+        deleted += cur.rowcount
+        if cur.rowcount < batch:
+            return deleted
+
+
+async def purge_history(pool: Pool, before: datetime, *, batch: int = 5000) -> int:
+    """Delete history rows older than ``before``, a batch per statement; how many."""
+    deleted = 0
+    while True:
+        async with pool.connection() as conn:
+            cur = await conn.execute(QUERIES["purge_history"], {"before": before, "limit": batch})
         deleted += cur.rowcount
         if cur.rowcount < batch:
             return deleted
@@ -102,6 +114,8 @@ class Housekeeper:
             reservations = await purge_finished_reservations(
                 self._pool, now - timedelta(seconds=r.keep_finished_reservations_s)
             )
+        if r.keep_history_s:
+            await purge_history(self._pool, now - timedelta(seconds=r.keep_history_s))
         subjects = 0
         horizon = r.subject_horizon(now)
         if horizon is not None:

@@ -8,8 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from reservation_service.holds import (
+    Change,
     Event,
+    EventOverrides,
     EventStatus,
+    HistoryEntry,
     Money,
     PaymentAttempt,
     Reservation,
@@ -38,6 +41,13 @@ def event_from_row(row: Row) -> Event:
         paid=row["paid"],
         pending=row["pending"],
         version=row["version"],
+        overrides=EventOverrides(
+            hold_ttl_s=row["hold_ttl_s"],
+            max_seats_per_hold=row["max_seats_per_hold"],
+            max_seats_per_customer=row["max_seats_per_customer"],
+            max_hold_lifetime_s=row["max_hold_lifetime_s"],
+        ),
+        next_hold_lapses_at=row.get("next_hold_lapses_at"),
     )
 
 
@@ -59,6 +69,10 @@ def event_params(event: Event, now: datetime) -> Params:
         "paid": event.paid,
         "pending": event.pending,
         "version": event.version,
+        "hold_ttl_s": event.overrides.hold_ttl_s,
+        "max_seats_per_hold": event.overrides.max_seats_per_hold,
+        "max_seats_per_customer": event.overrides.max_seats_per_customer,
+        "max_hold_lifetime_s": event.overrides.max_hold_lifetime_s,
         "now": now,
     }
 
@@ -97,6 +111,10 @@ def reservation_from_row(row: Row) -> Reservation:
         idempotency_key=row["idempotency_key"],
         request_fingerprint=row["request_fingerprint"],
         refund_reason=row["refund_reason"],
+        extensions=row["extensions"],
+        payment_grace_until=row["payment_grace_until"],
+        paid_late=row["paid_late"],
+        refunded_quantity=row["refunded_quantity"],
     )
 
 
@@ -119,7 +137,8 @@ def new_holds_params(placed: Sequence[Reservation]) -> Params:
 
 
 def reservation_params(reservation: Reservation) -> Params:
-    """What update_reservation may change: status, payment details, timestamps, refund reason."""
+    """What update_reservation may change: status, payment details, timestamps, deadline and
+    grace, extensions, refunds."""
     payment = reservation.payment
     return {
         "id": reservation.id,
@@ -131,4 +150,43 @@ def reservation_params(reservation: Reservation) -> Params:
         "qr_code": payment.qr_code if payment else None,
         "qr_code_url": payment.qr_code_url if payment else None,
         "refund_reason": reservation.refund_reason,
+        "expires_at": reservation.expires_at,
+        "payment_grace_until": reservation.payment_grace_until,
+        "extensions": reservation.extensions,
+        "paid_late": reservation.paid_late,
+        "refunded_quantity": reservation.refunded_quantity,
     }
+
+
+def history_params(changes: Sequence[Change], default_actor: str) -> Params:
+    """Array parameters for the history rows written beside the outbox rows (one per change)."""
+    return {
+        "h_event_ids": [c.event.id for c in changes],
+        "h_reservation_ids": [c.reservation.id if c.reservation else None for c in changes],
+        "h_occurred_at": [c.occurred_at for c in changes],
+        "h_actors": [(c.actor or default_actor)[:500] for c in changes],
+        "h_types": [c.type.value for c in changes],
+        "h_statuses": [c.reservation.status.value if c.reservation else None for c in changes],
+        "h_seats": [c.seats for c in changes],
+        "h_versions": [c.event.version for c in changes],
+        "h_reasons": [c.reason[:500] for c in changes],
+        "h_details": [c.detail[:1000] for c in changes],
+    }
+
+
+def history_from_row(row: Row) -> HistoryEntry:
+    return HistoryEntry(
+        id=row["id"],
+        event_id=str(row["event_id"]),
+        reservation_id=str(row["reservation_id"]) if row["reservation_id"] else "",
+        occurred_at=row["occurred_at"],
+        actor=row["actor"],
+        change_type=row["change_type"],
+        reservation_status=(
+            ReservationStatus(row["reservation_status"]) if row["reservation_status"] else None
+        ),
+        seats=row["seats"],
+        event_version=row["event_version"],
+        reason=row["reason"],
+        detail=row["detail"],
+    )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from reservation_service.holds import HoldPolicy
 from reservation_service.retention import Retention
 from slotlock.feed import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Feed
 from slotlock.grpc_server import ServerSecurity
@@ -40,6 +41,14 @@ class Settings:
     port: int = 50051
     hold_ttl_s: float = 300.0
     max_seats_per_hold: int = 10
+    # The life of a hold (README, "The life of a hold"); an event may override the ones marked *.
+    max_seats_per_customer: int = 0  # * PENDING + PAID seats per customer per event; 0 = no limit
+    hold_extension_s: float = 300.0  # ExtendHold's default step
+    max_hold_extensions: int = 3
+    max_hold_lifetime_s: float = 1800.0  # * from created_at, extensions included
+    payment_grace_s: float = 600.0  # after expires_at, once the buyer has started paying
+    late_payments_take_free_seats: bool = True  # False: every late payment is refunded
+    keep_history_s: float = 400 * 86400.0  # history rows; 0 = keep forever
     # Signs new hold tokens; the previous ones are still accepted (rotation). No default: the
     # server refuses to start without one, and from_env refuses a short or published one.
     hold_token_secret: str = ""
@@ -79,6 +88,19 @@ class Settings:
         return timedelta(seconds=self.hold_ttl_s)
 
     @property
+    def hold_policy(self) -> HoldPolicy:
+        return HoldPolicy(
+            ttl=self.hold_ttl,
+            max_seats_per_hold=self.max_seats_per_hold,
+            max_seats_per_customer=self.max_seats_per_customer,
+            extension=timedelta(seconds=self.hold_extension_s),
+            max_extensions=self.max_hold_extensions,
+            max_hold_lifetime=timedelta(seconds=self.max_hold_lifetime_s),
+            payment_grace=timedelta(seconds=self.payment_grace_s),
+            late_payments_take_free_seats=self.late_payments_take_free_seats,
+        )
+
+    @property
     def feed(self) -> Feed:
         return Feed(
             stream=self.stream, subject_prefix=self.subject_prefix, max_age_s=self.stream_max_age_s
@@ -90,6 +112,7 @@ class Settings:
             keep_published_outbox_s=self.keep_published_outbox_s,
             keep_past_event_subjects_s=self.keep_past_event_subjects_s,
             keep_finished_reservations_s=self.keep_finished_reservations_s,
+            keep_history_s=self.keep_history_s,
         )
 
     @classmethod
@@ -107,6 +130,28 @@ class Settings:
             port=read.port("SLOTLOCK_RESERVATION_PORT", d.port),
             hold_ttl_s=read.number("SLOTLOCK_HOLD_TTL_S", d.hold_ttl_s, minimum=0.1, maximum=86400),
             max_seats_per_hold=read_max_seats_per_hold(read),
+            max_seats_per_customer=read.integer(
+                "SLOTLOCK_MAX_SEATS_PER_CUSTOMER",
+                d.max_seats_per_customer,
+                minimum=0,
+                maximum=1_000_000,
+            ),
+            hold_extension_s=read.number(
+                "SLOTLOCK_HOLD_EXTENSION_S", d.hold_extension_s, minimum=1, maximum=86400
+            ),
+            max_hold_extensions=read.integer(
+                "SLOTLOCK_MAX_HOLD_EXTENSIONS", d.max_hold_extensions, minimum=0, maximum=100
+            ),
+            max_hold_lifetime_s=read.number(
+                "SLOTLOCK_MAX_HOLD_LIFETIME_S", d.max_hold_lifetime_s, minimum=1, maximum=7 * 86400
+            ),
+            payment_grace_s=read.number(
+                "SLOTLOCK_PAYMENT_GRACE_S", d.payment_grace_s, minimum=0, maximum=86400
+            ),
+            late_payments_take_free_seats=read.flag(
+                "SLOTLOCK_LATE_PAYMENTS_TAKE_FREE_SEATS", d.late_payments_take_free_seats
+            ),
+            keep_history_s=_keep_s(read, "SLOTLOCK_KEEP_HISTORY_S", d.keep_history_s),
             hold_token_secret=secrets[0] if secrets else "",
             previous_hold_token_secrets=tuple(secrets[1:]),
             db_pool_size=read.integer(

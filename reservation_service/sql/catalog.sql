@@ -1,10 +1,13 @@
 -- name: insert_event
 INSERT INTO events (id, code, experience_title, local_date, local_start_time, time_zone, starts_at,
                     capacity, status, experience_only_enabled, currency, dinner_price,
-                    experience_only_price, version, created_at, updated_at)
+                    experience_only_price, version, created_at, updated_at, hold_ttl_s,
+                    max_seats_per_hold, max_seats_per_customer, max_hold_lifetime_s)
 VALUES (%(id)s, %(code)s, %(experience_title)s, %(local_date)s, %(local_start_time)s,
         %(time_zone)s, %(starts_at)s, %(capacity)s, %(status)s, %(experience_only_enabled)s,
-        %(currency)s, %(dinner_price)s, %(experience_only_price)s, %(version)s, %(now)s, %(now)s)
+        %(currency)s, %(dinner_price)s, %(experience_only_price)s, %(version)s, %(now)s, %(now)s,
+        %(hold_ttl_s)s, %(max_seats_per_hold)s, %(max_seats_per_customer)s,
+        %(max_hold_lifetime_s)s)
 ON CONFLICT (code) DO NOTHING
 RETURNING id;
 
@@ -21,7 +24,10 @@ FOR UPDATE;
 SELECT * FROM events WHERE code = %(code)s FOR UPDATE;
 
 -- name: get_event
-SELECT * FROM events WHERE id = %(id)s;
+-- With when its first PENDING hold lapses (GetEvent: "seats in checkout free up at ...").
+SELECT e.*, (SELECT min(r.lapses_at) FROM reservations r
+             WHERE r.event_id = e.id AND r.status = 'PENDING') AS next_hold_lapses_at
+FROM events e WHERE e.id = %(id)s;
 
 -- name: list_events
 SELECT * FROM events

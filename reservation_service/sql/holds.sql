@@ -5,10 +5,25 @@ SELECT *, clock_timestamp() AS db_now FROM events WHERE id = %(id)s FOR UPDATE;
 -- name: lock_lapsed_holds_of_event
 -- CreateHold holds the event row here, against the lock order (reservations first), so it never
 -- waits on a reservation: SKIP LOCKED leaves a hold the expirer (or a confirm) has locked to them.
+-- lapses_at: the deadline, or the end of the payment grace (migration 0006).
 SELECT * FROM reservations
-WHERE event_id = %(event_id)s AND status = 'PENDING' AND expires_at <= %(now)s
-ORDER BY expires_at
+WHERE event_id = %(event_id)s AND status = 'PENDING' AND lapses_at <= %(now)s
+ORDER BY lapses_at
 FOR UPDATE SKIP LOCKED;
+
+-- name: customer_seats
+-- Per-customer limits: the seats each customer of a batch holds or has paid for on the event, read
+-- once per batch after the event row is locked (so no concurrent batch can add to them), and only
+-- for events with a limit.
+SELECT customer_ref, sum(quantity - refunded_quantity)::int AS seats FROM reservations
+WHERE event_id = %(event_id)s AND customer_ref = ANY(%(customer_refs)s)
+  AND status IN ('PENDING', 'PAID')
+GROUP BY customer_ref;
+
+-- name: next_lapse_of_event
+-- When seats in checkout may come free: read only when a hold is refused for want of seats.
+SELECT min(lapses_at) AS next_lapse_at FROM reservations
+WHERE event_id = %(event_id)s AND status = 'PENDING';
 
 -- name: find_by_idempotency_keys
 SELECT * FROM reservations WHERE idempotency_key = ANY(%(keys)s);
@@ -29,7 +44,10 @@ FROM unnest(%(ids)s::uuid[], %(quantities)s::int[], %(ticket_types)s::text[],
 UPDATE reservations
 SET status = %(status)s, updated_at = %(updated_at)s, payment_reference = %(payment_reference)s,
     provider_order_id = %(provider_order_id)s, virtual_account_number = %(virtual_account_number)s,
-    qr_code = %(qr_code)s, qr_code_url = %(qr_code_url)s, refund_reason = %(refund_reason)s
+    qr_code = %(qr_code)s, qr_code_url = %(qr_code_url)s, refund_reason = %(refund_reason)s,
+    expires_at = %(expires_at)s, payment_grace_until = %(payment_grace_until)s,
+    extensions = %(extensions)s, paid_late = %(paid_late)s,
+    refunded_quantity = %(refunded_quantity)s
 WHERE id = %(id)s;
 
 -- name: update_event_counters
@@ -44,7 +62,10 @@ SET experience_title = %(experience_title)s, local_date = %(local_date)s,
     capacity = %(capacity)s, status = %(status)s,
     experience_only_enabled = %(experience_only_enabled)s, currency = %(currency)s,
     dinner_price = %(dinner_price)s, experience_only_price = %(experience_only_price)s,
-    paid = %(paid)s, pending = %(pending)s, version = %(version)s, updated_at = %(now)s
+    paid = %(paid)s, pending = %(pending)s, version = %(version)s, updated_at = %(now)s,
+    hold_ttl_s = %(hold_ttl_s)s, max_seats_per_hold = %(max_seats_per_hold)s,
+    max_seats_per_customer = %(max_seats_per_customer)s,
+    max_hold_lifetime_s = %(max_hold_lifetime_s)s
 WHERE id = %(id)s;
 
 -- name: lock_reservation
@@ -64,11 +85,35 @@ LIMIT %(limit)s;
 
 -- name: insert_outbox
 -- WITH ORDINALITY keeps the rows' id order the order of the changes. trace_context: the
--- transaction's traceparent (NULL with tracing off), sent on by the relay.
-INSERT INTO outbox (event_id, payload, trace_context)
-SELECT event_id, payload, %(trace_context)s::text
-FROM unnest(%(event_ids)s::uuid[], %(payloads)s::bytea[]) WITH ORDINALITY AS c (event_id, payload, n)
+-- transaction's traceparent (NULL with tracing off), sent on by the relay. The same statement
+-- writes each change's history row (migration 0006): no extra round trip per transaction.
+WITH published AS (
+    INSERT INTO outbox (event_id, payload, trace_context)
+    SELECT event_id, payload, %(trace_context)s::text
+    FROM unnest(%(event_ids)s::uuid[], %(payloads)s::bytea[])
+         WITH ORDINALITY AS c (event_id, payload, n)
+    ORDER BY n
+)
+INSERT INTO history (event_id, reservation_id, occurred_at, actor, change_type,
+                     reservation_status, seats, event_version, reason, detail)
+SELECT event_id, reservation_id, occurred_at, actor, change_type, reservation_status, seats,
+       event_version, reason, detail
+FROM unnest(%(h_event_ids)s::uuid[], %(h_reservation_ids)s::uuid[],
+            %(h_occurred_at)s::timestamptz[], %(h_actors)s::text[], %(h_types)s::text[],
+            %(h_statuses)s::text[], %(h_seats)s::int[], %(h_versions)s::bigint[],
+            %(h_reasons)s::text[], %(h_details)s::text[]) WITH ORDINALITY
+     AS h (event_id, reservation_id, occurred_at, actor, change_type, reservation_status, seats,
+           event_version, reason, detail, n)
 ORDER BY n;
+
+-- name: list_history
+-- ListChanges: one event's or one reservation's history, oldest first, a page after after_id.
+SELECT * FROM history
+WHERE (%(event_id)s::uuid IS NULL OR event_id = %(event_id)s::uuid)
+  AND (%(reservation_id)s::uuid IS NULL OR reservation_id = %(reservation_id)s::uuid)
+  AND id > %(after_id)s
+ORDER BY id
+LIMIT %(limit)s;
 
 -- name: notify_outbox
 -- A hint for relays in other replicas; this replica wakes its own relay in-process.

@@ -9,8 +9,15 @@ DELETE FROM outbox WHERE published_at < %(before)s;
 DELETE FROM reservations WHERE id IN (
     SELECT r.id FROM reservations r JOIN events e ON e.id = r.event_id
     WHERE e.starts_at < %(before)s
+      -- PAYMENT_TO_REFUND is not finished: it waits for its refund.
       AND r.status IN ('PAID', 'CANCELLED', 'EXPIRED', 'REFUNDED')
     LIMIT %(limit)s
+);
+
+-- name: purge_history
+-- History rows (migration 0006) past SLOTLOCK_KEEP_HISTORY_S, a batch per statement.
+DELETE FROM history WHERE id IN (
+    SELECT id FROM history WHERE occurred_at < %(before)s ORDER BY occurred_at LIMIT %(limit)s
 );
 
 -- name: events_started_between

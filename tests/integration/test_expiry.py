@@ -36,7 +36,11 @@ async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
 async def test_expired_hold_is_released_on_time_and_cleared(
     start_reservation: StartReservation, channels: list[grpc.aio.Channel], database_url: str
 ) -> None:
-    stub = stub_for(await start_reservation(hold_ttl_s=0.6), channels)
+    # Late payments refunded by policy: a confirm after expiry never pays (issue 12's default
+    # takes free seats again instead: tests/integration/test_hold_lifecycle.py).
+    stub = stub_for(
+        await start_reservation(hold_ttl_s=0.6, late_payments_take_free_seats=False), channels
+    )
     event = await stub.UpsertEvent(event_request("EXP-T1", capacity=5))
     created = await stub.CreateHold(
         reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=2)
@@ -88,7 +92,12 @@ async def test_expired_hold_is_released_on_time_and_cleared(
 async def test_lapsed_hold_never_blocks_a_buyer_even_without_an_expirer(
     start_reservation: StartReservation, channels: list[grpc.aio.Channel]
 ) -> None:
-    stub = stub_for(await start_reservation(hold_ttl_s=0.3, run_expirer=False), channels)
+    stub = stub_for(
+        await start_reservation(
+            hold_ttl_s=0.3, run_expirer=False, late_payments_take_free_seats=False
+        ),
+        channels,
+    )
     event = await stub.UpsertEvent(event_request("EXP-T2", capacity=3))
     first = await stub.CreateHold(reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=3))
     with pytest.raises(grpc.aio.AioRpcError) as full:
@@ -110,7 +119,9 @@ async def test_lapsed_hold_never_blocks_a_buyer_even_without_an_expirer(
     lapsed = await stub.GetReservation(
         reservation_pb2.GetReservationRequest(reservation_id=first.reservation.id)
     )
-    assert lapsed.status == catalog_pb2.RESERVATION_STATUS_EXPIRED
+    # Issue 12: the late payment is recorded (it was EXPIRED before), to be refunded.
+    assert lapsed.status == catalog_pb2.RESERVATION_STATUS_PAYMENT_TO_REFUND
+    assert lapsed.payment_reference == "p"
 
 
 async def test_several_expirers_release_each_hold_exactly_once(

@@ -32,7 +32,8 @@ def test_migrations_build_the_expected_schema_and_are_idempotent(database_url: s
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'reservations'"
             )
         }
-    assert tables == {"events", "reservations", "outbox", "schema_migrations"}
+    # history: migration 0006 (issue 12).
+    assert tables == {"events", "reservations", "outbox", "schema_migrations", "history"}
     assert "seats_within_capacity" in checks
     assert {
         "reservations_pending_by_expiry",
