@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 
 import nats
 import psycopg
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 from nats.errors import BadHeaderError, BadSubjectError, MaxPayloadError, NoRespondersError
 from nats.js import JetStreamContext
@@ -423,10 +424,16 @@ class OutboxRelay:
 
     async def reconcile_page(self, after: str, limit: int = 500) -> tuple[int, str | None]:
         """Postgres is the truth: re-publish the current state of each event (one page, by id)
-        whose last message on the feed is behind the database. JetStream can lose acknowledged
-        writes on power loss, and a stream can be recreated. Runs inside the relay loop, so no
-        outbox publish interleaves with it and the feed's per-event order is kept. Returns how
-        many it repaired and where the next page starts (None: the pass is complete)."""
+        whose last message on the feed differs from the database. Behind: JetStream can lose
+        acknowledged writes on power loss, and a stream can be recreated. Ahead (a version the
+        database never wrote: a message forged by a client allowed to publish, or a database
+        restored from a backup): consumers keep only newer versions, so a snapshot at the
+        database's version would be ignored; the event's version jumps past the feed's first
+        (``jump_version``) and the snapshot carries the new one, which every consumer, watcher
+        and browser then takes by the usual rule, no special case anywhere. An undecodable last
+        message counts as behind. Runs inside the relay loop, so no outbox publish interleaves
+        with it and the feed's per-event order is kept. Returns how many it repaired and where
+        the next page starts (None: the pass is complete)."""
         js = self._jetstream()
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
@@ -443,7 +450,26 @@ class OutboxRelay:
         repaired = 0
         for row in rows:
             event = event_from_row(row)
-            if await self._version_on_feed(js, event.id) >= event.version:
+            on_feed = await self._version_on_feed(js, event.id)
+            if on_feed > event.version:
+                async with self._pool.connection() as conn:
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(QUERIES["jump_version"], {"id": event.id, "past": on_feed})
+                    jumped = await cur.fetchone()
+                if jumped is None:  # deleted meanwhile
+                    continue
+                log.warning(
+                    "outbox relay: the feed holds version %d of event %s, the database %d: not "
+                    "written here; the event's version moves to %d and its state is published",
+                    on_feed,
+                    event.id,
+                    event.version,
+                    jumped["version"],
+                )
+                await self._publish_snapshot(js, jumped)
+                repaired += 1
+                continue
+            if on_feed == event.version:
                 continue
             async with self._pool.connection() as conn:
                 cur2 = await conn.execute(QUERIES["has_unpublished"], {"event_id": event.id})
@@ -475,7 +501,11 @@ class OutboxRelay:
             return 0
         if msg.data is None:
             return 0
-        version: int = changes_pb2.EventChange.FromString(msg.data).event.version
+        try:
+            version: int = changes_pb2.EventChange.FromString(msg.data).event.version
+        except DecodeError:  # not ours: consumers skip it, so the state before it stands
+            log.warning("outbox relay: undecodable last message for event %s", event_id)
+            return -1
         return version
 
     async def _sleep_until_woken(self) -> None:

@@ -31,6 +31,15 @@ SELECT EXISTS (
     WHERE event_id = %(event_id)s AND published_at IS NULL AND dead_lettered_at IS NULL
 ) AS waiting;
 
+-- name: jump_version
+-- The feed holds a version of this event the database never wrote (a forged message, or a
+-- database restored from an older backup): move the event's version past it, so the snapshot
+-- published next wins everywhere by the one version rule ("keep it if newer"), and every later
+-- change counts on from there. Under the event's row lock, like every other change to it.
+UPDATE events SET version = GREATEST(version, %(past)s) + 1
+WHERE id = %(id)s
+RETURNING *;
+
 -- name: event_state
 -- The current state of the event of a dead-lettered row, published as a snapshot in its place.
 SELECT * FROM events WHERE id = %(id)s;
