@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from slotlock.client import ClientSecurity, open_sync_channel
 from slotlock.identity import ADMIN, BOOKING, READER
 from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 from slotlock_cli import builders
+from slotlock_cli.devstack import private_folder, write_private
 from slotlock_cli.system import System
 
 
@@ -51,7 +53,10 @@ def register(subparsers: Any) -> None:
         help="use this NATS server (with JetStream) instead of an embedded one",
     )
     parser.add_argument(
-        "--data-dir", type=Path, help="keep embedded data here (default: temporary)"
+        "--data-dir",
+        type=Path,
+        help="keep embedded data, secrets and logs here, readable by you only (default: a "
+        "temporary folder, removed at stop)",
     )
     parser.add_argument("--reservation-port", type=int, default=50051)
     parser.add_argument("--availability-port", type=int, default=50052)
@@ -99,13 +104,13 @@ def seed_demo_events(reservation_addr: str, security: ClientSecurity | None = No
 
 
 def dev_system(args: argparse.Namespace) -> System:
-    """The system `slotlock dev` runs: its data (embedded servers, logs, the hold-token secret)
-    in ``--data-dir`` or a temporary folder that is left behind for the logs."""
-    root: Path = args.data_dir or Path(tempfile.mkdtemp(prefix="slotlock-dev-"))
-    root.mkdir(parents=True, exist_ok=True)
+    """The system `slotlock dev` runs: its data (embedded servers with generated passwords,
+    logs, keys, the hold-token secret) in ``--data-dir`` or a temporary folder, either one
+    readable by this user only (0700, secrets 0600). ``run`` removes a temporary one at stop."""
+    root = private_folder(args.data_dir or Path(tempfile.mkdtemp(prefix="slotlock-dev-")))
     secret_file = root / "hold-token-secret"
     if not secret_file.exists():
-        secret_file.write_text(secrets.token_hex(32))
+        write_private(secret_file, secrets.token_hex(32))
     return System(
         database_url=args.database_url,
         nats_url=args.nats_url,
@@ -118,9 +123,10 @@ def dev_system(args: argparse.Namespace) -> System:
             "gateway": args.gateway_port,
         },
         hold_ttl_s=args.hold_ttl,
-        hold_token_secret=secret_file.read_text(),
+        hold_token_secret=secret_file.read_text().strip(),
         log_level="INFO",
         tls=not args.no_tls,
+        credentials=True,
     )
 
 
@@ -218,4 +224,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         print("\nslotlock dev: stopping ...", flush=True)
         system.stop()
+        if args.data_dir is None:  # secrets and data go with it; a named folder is kept
+            shutil.rmtree(system.root, ignore_errors=True)
     return 0

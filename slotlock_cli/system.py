@@ -15,7 +15,10 @@ replicas of a role can be added (``add_service("availability")``).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -35,7 +38,7 @@ from slotlock.identity import ADMIN, BOOKING, READER
 from slotlock.v1 import catalog_pb2, reservation_pb2_grpc
 from slotlock_cli import builders
 from slotlock_cli.certs import DevSecurity
-from slotlock_cli.devstack import DevStack, free_port
+from slotlock_cli.devstack import DevStack, free_port, private_folder
 from slotlock_cli.processes import ServiceProcess
 
 Role = Literal["reservation", "availability", "gateway"]
@@ -88,6 +91,16 @@ def drop_database(server_url: str, name: str) -> None:
         )
 
 
+async def _ensure_stream(nats_url: str, feed: Feed | None) -> None:
+    import nats
+
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        await (feed or Feed()).ensure_stream(nc.jetstream(timeout=5))
+    finally:
+        await nc.close()
+
+
 # -- the system --------------------------------------------------------------------------------
 
 
@@ -122,7 +135,10 @@ class System:
     Security as in production: the services check a signed token on every call (keys made at
     start, ``self.security``) and, with ``tls`` (the default), serve TLS with a certificate
     from a throwaway CA. The gateway gets its own booking + reader token; ``client_env`` and
-    ``channel`` carry an admin token.
+    ``channel`` carry an admin token. A stack of its own runs with ``credentials`` (generated
+    passwords; each service its own NATS user, the availability service a read-only one), and
+    the reservation service gets a random hold-token secret unless ``hold_token_secret`` is
+    given. Its folder is readable by its user only.
     """
 
     def __init__(
@@ -144,22 +160,28 @@ class System:
         log_level: str | None = None,
         extra_env: Mapping[str, str] | None = None,
         tls: bool = True,
+        credentials: bool = True,
     ) -> None:
         # A folder of our own only when there is something to keep in it (servers, logs).
         self._own_root = root is None and (stack is None or log_dir is None)
         if root is None:
             root = Path(tempfile.mkdtemp(prefix="slotlock-system-")) if self._own_root else log_dir
         assert root is not None
-        self.root = root
+        self.root = private_folder(root)
         self.log_dir = log_dir or self.root / "logs"
         self._own_stack = stack is None
         self.stack = stack or DevStack(
-            database_url=database_url, nats_url=nats_url, root=self.root, postgres=postgres
+            database_url=database_url,
+            nats_url=nats_url,
+            root=self.root,
+            postgres=postgres,
+            credentials=credentials,
         )
         self.feed = feed
         self.database = database
         self.hold_ttl_s = hold_ttl_s
-        self.hold_token_secret = hold_token_secret
+        # Never a default one: the service refuses to start without a secret of 32+ bytes.
+        self.hold_token_secret = hold_token_secret or secrets.token_hex(32)
         self.log_level = log_level
         self.extra_env = dict(extra_env or {})
         self.tls = tls
@@ -236,7 +258,7 @@ class System:
             env["SLOTLOCK_LOG_LEVEL"] = self.log_level
         if role in ("reservation", "availability"):
             env.update(self.security.server_env())
-            env["SLOTLOCK_NATS_URL"] = self.stack.nats_url
+            env["SLOTLOCK_NATS_URL"] = self.stack.nats_url_for(role)
             if self.feed is not None:
                 env["SLOTLOCK_STREAM"] = self.feed.stream
                 env["SLOTLOCK_SUBJECT_PREFIX"] = self.feed.subject_prefix
@@ -244,8 +266,7 @@ class System:
             env["SLOTLOCK_DATABASE_URL"] = self.database_url
             env["SLOTLOCK_RESERVATION_PORT"] = str(port)
             env["SLOTLOCK_HOLD_TTL_S"] = str(self.hold_ttl_s)
-            if self.hold_token_secret is not None:
-                env["SLOTLOCK_HOLD_TOKEN_SECRET"] = self.hold_token_secret
+            env["SLOTLOCK_HOLD_TOKEN_SECRET"] = self.hold_token_secret
         elif role == "availability":
             env["SLOTLOCK_AVAILABILITY_PORT"] = str(port)
         else:
@@ -291,6 +312,13 @@ class System:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self._own_stack:
             self.stack.start()
+            if self.stack.nats is not None and self.stack.nats.passwords:
+                # The availability service may not create the stream (a reader): make it now,
+                # as the relay would, so neither has to wait for the other.
+                # (In a thread of its own: a test may start a System inside its event loop.)
+                url = self.stack.nats_url_for("reservation")
+                with concurrent.futures.ThreadPoolExecutor(1) as thread:
+                    thread.submit(asyncio.run, _ensure_stream(url, self.feed)).result(30)
         server_url = self.stack.database_url
         if not server_url:
             return  # NATS alone
