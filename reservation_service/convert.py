@@ -132,6 +132,20 @@ def reservation_to_proto(reservation: Reservation) -> catalog_pb2.Reservation:
     return message
 
 
+# What a reservation on the feed leaves out: how its buyer pays (the provider's order id, the
+# virtual account, the QR code and its URL) and the payment reference. Every consumer of the
+# stream, and anyone allowed to read it, would otherwise see them; none needs them (they are
+# GetReservation's, for the hold's holder and admin). See README, "What the feed carries".
+FIELDS_KEPT_OFF_THE_FEED = ("payment", "payment_reference")
+
+
+def reservation_on_feed(reservation: Reservation) -> catalog_pb2.Reservation:
+    message = reservation_to_proto(reservation)
+    for name in FIELDS_KEPT_OFF_THE_FEED:
+        message.ClearField(name)
+    return message
+
+
 def change_to_proto(change: Change) -> changes_pb2.EventChange:
     """The outbox payload. change_id is left 0: the relay appends the outbox row id."""
     message = changes_pb2.EventChange(
@@ -140,7 +154,7 @@ def change_to_proto(change: Change) -> changes_pb2.EventChange:
         occurred_at=timestamp(change.occurred_at),
     )
     if change.reservation is not None:
-        message.reservation.CopyFrom(reservation_to_proto(change.reservation))
+        message.reservation.CopyFrom(reservation_on_feed(change.reservation))
     if change.type is ChangeType.RESERVATION_REFUNDED:
         message.refunded_seats = change.seats
         message.reason = change.reason

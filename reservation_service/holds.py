@@ -696,7 +696,8 @@ def extend_hold(
 def release_hold(
     event: Event, reservation: Reservation, now: datetime
 ) -> tuple[Event, Reservation, Change] | None:
-    """PENDING -> CANCELLED, seats back at once. Returns None when there is nothing to release
+    """PENDING -> CANCELLED, seats back at once; its payment details are cleared, as expiry
+    clears them (nothing will be paid on them). Returns None when there is nothing to release
     (already CANCELLED or EXPIRED: an idempotent retry)."""
     if reservation.status in (ReservationStatus.CANCELLED, ReservationStatus.EXPIRED):
         return None
@@ -704,7 +705,9 @@ def release_hold(
         raise errors.WrongHoldState(
             f"the hold is {reservation.status.value}, not PENDING; a paid hold is refunded instead"
         )
-    released = replace(reservation, status=ReservationStatus.CANCELLED, updated_at=now)
+    released = replace(
+        reservation, status=ReservationStatus.CANCELLED, payment=None, updated_at=now
+    )
     updated = _return_pending(event, reservation.quantity)
     change = Change(ChangeType.HOLD_RELEASED, updated, released, now, seats=reservation.quantity)
     return updated, released, change
