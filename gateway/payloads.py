@@ -97,6 +97,12 @@ def reservation_json(res: catalog_pb2.Reservation) -> dict[str, Any]:
         "status": short_name(catalog_pb2.ReservationStatus, res.status, "UNSPECIFIED"),
         "expires_at": timestamp_iso(res.expires_at, res.HasField("expires_at")),
         "payment_reference": res.payment_reference or None,
+        # Issue 12: a payment in progress (its grace), a late payment, a partial refund.
+        "payment_grace_until": timestamp_iso(
+            res.payment_grace_until, res.HasField("payment_grace_until")
+        ),
+        "paid_late": res.paid_late,
+        "refunded_quantity": res.refunded_quantity,
     }
 
 

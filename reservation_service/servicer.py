@@ -28,7 +28,8 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
         self, request: reservation_pb2.UpsertEventRequest, context: Context
     ) -> catalog_pb2.Event:
         spec = convert.event_spec_from_proto(request)
-        return convert.event_to_proto(await self._reservations.upsert_event(spec))
+        event = await self._reservations.upsert_event(spec, auth.current_caller())
+        return convert.event_to_proto(event)
 
     async def GetEvent(
         self, request: reservation_pb2.GetEventRequest, context: Context
@@ -60,7 +61,7 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         hold = await self._reservations.create_hold(
-            convert.hold_request_from_proto(request, deadline)
+            convert.hold_request_from_proto(request, deadline, auth.current_caller().subject)
         )
         return reservation_pb2.CreateHoldResponse(
             reservation=convert.reservation_to_proto(hold.reservation), hold_token=hold.token
@@ -73,6 +74,8 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
             parse_uuid(request.reservation_id, "reservation_id"),
             request.hold_token,
             convert.payment_from_proto(request.payment),
+            request.payment_in_progress,
+            auth.current_caller(),
         )
         return convert.reservation_to_proto(reservation)
 
@@ -83,6 +86,18 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
             parse_uuid(request.reservation_id, "reservation_id"),
             request.hold_token,
             request.payment_reference,
+            auth.current_caller(),
+        )
+        return convert.reservation_to_proto(reservation)
+
+    async def ExtendHold(
+        self, request: reservation_pb2.ExtendHoldRequest, context: Context
+    ) -> catalog_pb2.Reservation:
+        reservation = await self._reservations.extend_hold(
+            parse_uuid(request.reservation_id, "reservation_id"),
+            request.hold_token,
+            request.extend_by_s,
+            auth.current_caller(),
         )
         return convert.reservation_to_proto(reservation)
 
@@ -90,7 +105,9 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
         self, request: reservation_pb2.ReleaseHoldRequest, context: Context
     ) -> catalog_pb2.Reservation:
         reservation = await self._reservations.release_hold(
-            parse_uuid(request.reservation_id, "reservation_id"), request.hold_token
+            parse_uuid(request.reservation_id, "reservation_id"),
+            request.hold_token,
+            auth.current_caller(),
         )
         return convert.reservation_to_proto(reservation)
 
@@ -123,7 +140,10 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
         self, request: reservation_pb2.RefundReservationRequest, context: Context
     ) -> catalog_pb2.Reservation:
         reservation = await self._reservations.refund_reservation(
-            parse_uuid(request.reservation_id, "reservation_id"), request.reason
+            parse_uuid(request.reservation_id, "reservation_id"),
+            request.reason,
+            request.quantity,
+            auth.current_caller(),
         )
         return convert.reservation_to_proto(reservation)
 
@@ -133,4 +153,21 @@ class ReservationServicer(reservation_pb2_grpc.ReservationServiceServicer):
         result = await self._reservations.expire_pass()
         return reservation_pb2.ExpireStaleHoldsResponse(
             released=result.released, checked=result.checked
+        )
+
+    async def ListChanges(
+        self, request: reservation_pb2.ListChangesRequest, context: Context
+    ) -> reservation_pb2.ListChangesResponse:
+        found, token = await self._reservations.list_changes(
+            event_id=parse_uuid(request.event_id, "event_id") if request.event_id else None,
+            reservation_id=(
+                parse_uuid(request.reservation_id, "reservation_id")
+                if request.reservation_id
+                else None
+            ),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return reservation_pb2.ListChangesResponse(
+            changes=[convert.history_to_proto(e) for e in found], next_page_token=token
         )

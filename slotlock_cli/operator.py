@@ -374,6 +374,12 @@ def _reservation_json(r: catalog_pb2.Reservation) -> dict[str, Any]:
         "status": short_name(catalog_pb2.ReservationStatus, r.status, "UNSPECIFIED"),
         "expires_at": _timestamp(r.expires_at) if r.HasField("expires_at") else None,
         "payment_reference": r.payment_reference or None,
+        "payment_grace_until": (
+            _timestamp(r.payment_grace_until) if r.HasField("payment_grace_until") else None
+        ),
+        "paid_late": r.paid_late,
+        "refunded_quantity": r.refunded_quantity,
+        "extensions": r.extensions,
     }
 
 
@@ -435,6 +441,14 @@ def _print_reservation(reservation: catalog_pb2.Reservation, as_json: bool) -> i
     line = f"reservation {body['reservation_id']} is {body['status']} ({body['quantity']} seats"
     if body["payment_reference"]:
         line += f", payment reference {body['payment_reference']}"
+    if body["paid_late"]:
+        line += ", paid after the hold lapsed"
+    if body["refunded_quantity"]:
+        line += f", {body['refunded_quantity']} of {body['quantity']} seats refunded"
+    if body["payment_grace_until"]:
+        line += f", payment in progress until {body['payment_grace_until']}"
+    if body["status"] == "PAYMENT_TO_REFUND":
+        line += ", late payment to refund"
     print(line + ")")
     return 0
 

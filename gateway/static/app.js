@@ -298,8 +298,9 @@ function createCard(ev) {
     }
     stopTimer();
     show("book");
-    const ref = reply.data.reservation.payment_reference;
-    say(`Paid — ${seats(hold.quantity)} booked. Reference ${ref}.`);
+    const paid = reply.data.reservation;
+    const late = paid.paid_late ? " Your hold had lapsed, but the seats were still free." : "";
+    say(`Paid — ${seats(hold.quantity)} booked. Reference ${paid.payment_reference}.${late}`);
   });
 
   part(card, "cancel-button").addEventListener("click", async () => {
