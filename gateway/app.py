@@ -206,13 +206,13 @@ class Gateway:
             return error_response(503, "UNAVAILABLE", str(error))
         keepalive = self.settings.sse_keepalive_s
 
-        async def frames() -> AsyncIterator[str]:
+        async def frames() -> AsyncIterator[bytes]:
             try:
                 # Tell EventSource to come back quickly if the gateway restarts.
-                yield "retry: 1000\n\n"
+                yield b"retry: 1000\n\n"
                 while not watcher.closed:
-                    batch = await watcher.next_frames(keepalive)
-                    yield "".join(batch) if batch else ": keepalive\n\n"
+                    for chunk in await watcher.next_writes(keepalive):
+                        yield chunk
             finally:
                 self.fanout.unsubscribe(watcher)
 

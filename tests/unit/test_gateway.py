@@ -34,9 +34,14 @@ def availability(
     )
 
 
-def decode(frame: str) -> tuple[str, dict[str, object]]:
-    event_line, data_line = frame.strip().splitlines()
+def decode(frame: bytes) -> tuple[str, dict[str, object]]:
+    event_line, data_line = frame.decode().strip().splitlines()
     return event_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))
+
+
+def split(batch: list[bytes]) -> list[bytes]:
+    """The frames of a batch (a snapshot holds several)."""
+    return [frame + b"\n\n" for frame in b"".join(batch).split(b"\n\n") if frame]
 
 
 async def test_a_slow_watcher_gets_only_the_latest_state_of_each_event() -> None:
@@ -60,7 +65,7 @@ async def test_older_versions_are_dropped_and_newcomers_get_the_cache() -> None:
     assert not fanout.apply(availability("a", 4, pending=9))
     assert not fanout.apply(availability("a", 5, pending=9))
     late = fanout.subscribe()
-    (status, current) = [decode(frame) for frame in await late.next_frames(idle_s=0.01)]
+    (status, current) = [decode(frame) for frame in split(await late.next_frames(idle_s=0.01))]
     assert status == (
         "status",
         {"live": False, "message": "connecting to the availability service"},
@@ -75,6 +80,40 @@ async def test_closing_a_watcher_wakes_it() -> None:
     watcher.close()
     assert await watcher.next_frames(idle_s=5) == []
     assert watcher.closed
+
+
+async def test_newcomers_share_one_encoded_snapshot_and_updates_follow_it() -> None:
+    fanout = AvailabilityFanout(stub=None, health=None, settings=Settings())
+    for n in range(50):
+        fanout.apply(availability(f"e{n}", 1))
+    first, second = fanout.subscribe(), fanout.subscribe()
+    fanout.apply(availability("e7", 2, pending=1))
+    third = fanout.subscribe()
+    batches = [await w.next_frames(idle_s=0.01) for w in (first, second, third)]
+    # One slot for the whole catalog, the very same bytes object for browsers that arrived
+    # between two updates (no copy per browser), and a new one after an update.
+    assert [len(b) for b in batches] == [3, 3, 2]
+    assert batches[0][1] is batches[1][1] and batches[2][1] is not batches[0][1]
+    frames = [decode(f) for f in split(batches[0])]
+    assert [d["event_id"] for _, d in frames[1:51]] == [f"e{n}" for n in range(50)]
+    assert frames[-1][1]["event_id"] == "e7" and frames[-1][1]["version"] == 2  # after it
+    third_frames = [decode(f) for f in split(batches[2])]
+    assert [d["version"] for _, d in third_frames if d.get("event_id") == "e7"] == [2]
+
+
+async def test_a_big_snapshot_is_written_as_the_shared_object_not_a_copy() -> None:
+    fanout = AvailabilityFanout(stub=None, health=None, settings=Settings())
+    for n in range(500):  # ~200 KB of frames
+        fanout.apply(availability(f"event-{n}", 1))
+    writes = await fanout.subscribe().next_writes(idle_s=0.01)
+    assert len(writes) == 2 and writes[1] is fanout.snapshot()  # status, then the snapshot
+    watcher = fanout.subscribe()
+    await watcher.next_writes(idle_s=0.01)
+    fanout.apply(availability("event-1", 2))
+    fanout.apply(availability("event-2", 2))
+    (joined,) = await watcher.next_writes(idle_s=0.01)  # small frames: one write
+    assert joined.count(b"event: availability") == 2
+    assert await watcher.next_writes(idle_s=0.01) == [b": keepalive\n\n"]
 
 
 def test_frames_are_single_line_json() -> None:
