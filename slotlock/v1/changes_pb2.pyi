@@ -48,8 +48,9 @@ class _ChangeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeType
     """
     CHANGE_TYPE_PAYMENT_TO_REFUND: _ChangeType.ValueType  # 10
     """A late ConfirmHold found no seats to take again: the reservation is PAYMENT_TO_REFUND and the
-    payment side must refund reservation.payment_reference. (A late ConfirmHold that did take the
-    seats is HOLD_CONFIRMED with reservation.paid_late set.)
+    payment side must refund its payment (the feed carries no payment details: GetReservation, as
+    admin, gives reservation.id's payment_reference), then call RefundReservation. (A late
+    ConfirmHold that did take the seats is HOLD_CONFIRMED with reservation.paid_late set.)
     """
 
 class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper): ...
@@ -74,8 +75,9 @@ is set. No seats move.
 """
 CHANGE_TYPE_PAYMENT_TO_REFUND: ChangeType.ValueType  # 10
 """A late ConfirmHold found no seats to take again: the reservation is PAYMENT_TO_REFUND and the
-payment side must refund reservation.payment_reference. (A late ConfirmHold that did take the
-seats is HOLD_CONFIRMED with reservation.paid_late set.)
+payment side must refund its payment (the feed carries no payment details: GetReservation, as
+admin, gives reservation.id's payment_reference), then call RefundReservation. (A late
+ConfirmHold that did take the seats is HOLD_CONFIRMED with reservation.paid_late set.)
 """
 Global___ChangeType: _TypeAlias = ChangeType  # noqa: Y015
 
