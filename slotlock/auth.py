@@ -33,7 +33,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from slotlock import errors, grpc_errors, identity
+from slotlock import errors, identity
 from slotlock.identity import Caller
 from slotlock.settings import Reader, SettingsError
 from slotlock.v1 import access_pb2, availability_pb2, reservation_pb2
@@ -293,9 +293,9 @@ Behaviour = Callable[..., Any]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpcio is untyped
-    """Authenticates every call and checks the role table before the handler (and before the
-    error interceptor's request checks: a stranger learns nothing about a request's fields).
-    Install it first, so it wraps every other interceptor."""
+    """Authenticates every call and checks the role table before the handler and before the
+    request checks (a stranger learns nothing about a request's fields). Installed inside the
+    error interceptor, which answers, counts and logs its refusals like any other."""
 
     def __init__(
         self,
@@ -385,13 +385,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         self, handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str]
     ) -> grpc.RpcMethodHandler:
         async def admitted(context: Context) -> None:
-            try:
-                caller = self.admit(
-                    method, roles, context.invocation_metadata() or (), _peer(context)
-                )
-            except errors.SlotlockError as error:
-                log.info("%s refused: %s", method, error.message)
-                await context.abort(grpc_errors.status_for(error), error.message)
+            # A refusal is raised, not aborted here: the error interceptor outside this one
+            # answers it (status, details, request id) and counts and logs it like any call.
+            caller = self.admit(method, roles, context.invocation_metadata() or (), _peer(context))
             _CALLER.set(caller)
 
         kind, behaviour = _behaviour_of(handler)

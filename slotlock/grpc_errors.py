@@ -119,10 +119,35 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
         return wrapped
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+class RequestCheckInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped
+    """The innermost interceptor: a body that is not valid protobuf, or a field past its bound in
+    the contract (or holding a NUL), is refused before the handler runs. Innermost, so that it
+    runs after authentication (a stranger is told only that it is a stranger) and inside the
+    error interceptor (which turns the refusal into INVALID_ARGUMENT with details)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _checked(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _checked(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     deserializer = handler.request_deserializer
     type_name = _message_name(deserializer, method)
-    observed = _Method(method, "server_stream" if handler.response_streaming else "unary")
 
     def decode(raw: bytes) -> object:
         if deserializer is None:
@@ -132,15 +157,61 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         except Exception:  # DecodeError, bad UTF-8 in a string field, truncated input...
             return Undecodable(type_name)
 
+    def check(request: object) -> None:
+        if isinstance(request, Undecodable):
+            raise errors.InvalidRequest(
+                f"the request could not be decoded as {request.type_name}",
+                reason="UNDECODABLE_REQUEST",
+            )
+        bounds.check_request(request)  # type: ignore[arg-type]  # decoded by protobuf
+
+    if handler.response_streaming:
+        behaviour = handler.unary_stream
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def stream(request: object, context: Context) -> AsyncIterator[object]:
+                check(request)
+                async for item in behaviour(request, context):
+                    yield item
+
+            checked_stream: Behaviour = stream
+        else:  # writes with context.write (the health service's Watch)
+
+            async def written(request: object, context: Context) -> None:
+                check(request)
+                result = behaviour(request, context)
+                if inspect.isawaitable(result):
+                    await result
+
+            checked_stream = written
+        return grpc.unary_stream_rpc_method_handler(
+            checked_stream,
+            request_deserializer=decode,
+            response_serializer=handler.response_serializer,
+        )
+    unary = handler.unary_unary
+
+    async def once(request: object, context: Context) -> object:
+        check(request)
+        result = unary(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return grpc.unary_unary_rpc_method_handler(
+        once, request_deserializer=decode, response_serializer=handler.response_serializer
+    )
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    observed = _Method(method, "server_stream" if handler.response_streaming else "unary")
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(
             _streaming(handler.unary_stream, observed),
-            request_deserializer=decode,
+            request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     return grpc.unary_unary_rpc_method_handler(
         _unary(handler.unary_unary, observed),
-        request_deserializer=decode,
+        request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 
@@ -150,10 +221,7 @@ def _unary(behaviour: Behaviour, observed: _Method) -> Behaviour:
 
     async def call(request: object, context: Context) -> object:
         with _Call(observed, context) as scope:
-            if isinstance(request, Undecodable):
-                await _refuse_undecodable(request, scope, context)
             try:
-                bounds.check_request(request)  # type: ignore[arg-type]  # decoded by protobuf
                 result = behaviour(request, context)
                 return await result if inspect.isawaitable(result) else result
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -172,10 +240,7 @@ def _streaming(behaviour: Behaviour, observed: _Method) -> Behaviour:
         # coroutine: grpc.aio refuses a generator that also writes.
         async def call_writer(request: object, context: Context) -> None:
             with _Call(observed, context) as scope:
-                if isinstance(request, Undecodable):
-                    await _refuse_undecodable(request, scope, context)
                 try:
-                    bounds.check_request(request)  # type: ignore[arg-type]
                     result = behaviour(request, context)
                     if inspect.isawaitable(result):
                         await result
@@ -188,10 +253,7 @@ def _streaming(behaviour: Behaviour, observed: _Method) -> Behaviour:
 
     async def call(request: object, context: Context) -> AsyncIterator[object]:
         with _Call(observed, context) as scope:
-            if isinstance(request, Undecodable):
-                await _refuse_undecodable(request, scope, context)
             try:
-                bounds.check_request(request)  # type: ignore[arg-type]
                 async for item in behaviour(request, context):
                     yield item
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -322,13 +384,6 @@ def _request_id_of(metadata: Any) -> str:
                 return value
             break
     return secrets.token_hex(8)
-
-
-async def _refuse_undecodable(request: Undecodable, scope: _Call, context: Context) -> None:
-    error = errors.InvalidRequest(
-        f"the request could not be decoded as {request.type_name}", reason="UNDECODABLE_REQUEST"
-    )
-    await _abort_with(error, grpc.StatusCode.INVALID_ARGUMENT, scope, context)
 
 
 async def _abort_for(error: Exception, method: str, scope: _Call, context: Context) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from slotlock.auth import AuthInterceptor, AuthSettings
-from slotlock.grpc_errors import ErrorInterceptor
+from slotlock.grpc_errors import ErrorInterceptor, RequestCheckInterceptor
 from slotlock.settings import Reader, SettingsError
 from slotlock.tls import ServerTLS
 
@@ -67,14 +67,17 @@ class ServerSecurity:
 
 
 def create_server(security: ServerSecurity) -> grpc.aio.Server:
-    """A grpc.aio server with slotlock's options and interceptors: callers authenticated and
-    checked against the role table first, then errors mapped once. Raises ``SettingsError``
-    when ``security`` authenticates nobody (fail closed)."""
+    """A grpc.aio server with slotlock's options and interceptors, outermost first: every call
+    observed and its errors mapped once (request id, metrics, span, one log line for a
+    failure); the caller authenticated and checked against the role table; the request checked
+    against the contract's bounds. Raises ``SettingsError`` when ``security`` authenticates
+    nobody (fail closed)."""
     return grpc.aio.server(
         options=SERVER_OPTIONS,
         interceptors=[
-            AuthInterceptor(security.auth, reflection=security.reflection),
             ErrorInterceptor(),
+            AuthInterceptor(security.auth, reflection=security.reflection),
+            RequestCheckInterceptor(),
         ],
     )
 
