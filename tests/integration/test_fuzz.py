@@ -316,6 +316,8 @@ def send(channel: grpc.Channel, call: Call) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+# A long run gets the time it needs (the default per-test timeout is for the default run).
+@pytest.mark.timeout(max(120, EXAMPLES // 4))
 def test_fuzz_every_rpc(services: InProcessServices, database_url: str) -> None:
     assert services.reservation is not None and services.availability is not None
     reservation_address = f"127.0.0.1:{services.reservation.port}"
