@@ -12,6 +12,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "slotlock_cli.bench.expiry",
     "slotlock_cli.bench.fanout",
     "slotlock_cli.bench.rebuild",
+    "slotlock_cli.bench.sse",
 )
 
 
