@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     FileResponse,
@@ -28,7 +29,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway import payloads
+from gateway import payloads, security
 from gateway.fanout import AvailabilityFanout, TooManyWatchers
 from gateway.settings import Settings
 from slotlock import client
@@ -56,6 +57,9 @@ HTTP_STATUS = {
 Method = Callable[["Gateway", Request], Awaitable[Response]]
 
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+# On every response that carries a hold token (or acts on one): never kept by a cache.
+NO_STORE = {"Cache-Control": "no-store"}
+
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -66,9 +70,18 @@ def rpc_error_response(service: str, error: grpc.RpcError) -> JSONResponse:
     """One gRPC failure as HTTP: the right status and a sentence a person can read."""
     code, message = client.status_of(error)
     status = HTTP_STATUS.get(code, 502)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        # The gateway's own credential was refused: the operator's problem, not the buyer's.
+        log.error("the %s service refused the gateway's credential: %s", service, message)
+        status = 503
     if status == 503:
+        # Plain words (describe_error never passes gRPC's transport text on).
         reason = client.describe_error(error, service)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            reason = f"the {service} service is not available right now"
         message = f"{reason[0].upper()}{reason[1:]}. Please try again in a moment."
+    elif code == grpc.StatusCode.PERMISSION_DENIED:
+        message = "This hold was made in another browser or has ended; please book again."
     elif status == 502:
         log.warning("%s service failed: %s %s", service, code.name, message)
         message = f"The {service} service failed unexpectedly; please try again."
@@ -137,6 +150,7 @@ class Gateway:
         self.settings = settings
         self.services: client.Services
         self.fanout: AvailabilityFanout
+        self.holds = security.HoldLimiter(settings.holds_per_minute, 60.0)
 
     async def connect(self) -> None:
         """Open the channels and start the shared watch (inside the server's event loop)."""
@@ -196,6 +210,7 @@ class Gateway:
                 "live": self.fanout.live,
                 # The page caps its seat picker with this; the reservation service enforces it.
                 "max_seats_per_hold": self.settings.max_seats_per_hold,
+                "demo_payments": self.settings.demo_payments,  # shows the simulated Pay
             }
         )
 
@@ -222,8 +237,45 @@ class Gateway:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    def _set_hold_cookie(
+        self, response: Response, reservation_id: str, token: str, ttl: float
+    ) -> None:
+        response.set_cookie(
+            security.HOLD_COOKIE,
+            security.hold_cookie_value(reservation_id, token),
+            max_age=max(1, int(ttl) + 60),
+            path=security.HOLD_COOKIE_PATH,
+            httponly=True,
+            samesite="strict",
+            secure=self.settings.secure_cookies,
+        )
+
+    def _clear_hold_cookie(self, response: Response) -> None:
+        response.delete_cookie(
+            security.HOLD_COOKIE,
+            path=security.HOLD_COOKIE_PATH,
+            httponly=True,
+            samesite="strict",
+            secure=self.settings.secure_cookies,
+        )
+
+    def _cookie_token(self, request: Request, reservation_id: str) -> str:
+        """The hold token from this browser's hold cookie, if the cookie is for this hold."""
+        held = security.parse_hold_cookie(request.cookies.get(security.HOLD_COOKIE))
+        return held[1] if held is not None and held[0] == reservation_id else ""
+
     @upstream("reservation")
     async def create_hold(self, request: Request) -> Response:
+        address = request.client.host if request.client is not None else "unknown"
+        wait_s = self.holds.retry_after(address)
+        if wait_s:
+            response = error_response(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"Too many holds from here; please wait {wait_s} s and try again.",
+            )
+            response.headers["Retry-After"] = str(wait_s)
+            return response
         hold = payloads.parse_hold_request(await self.json_body(request))
         if not hold.idempotency_key:
             hold.idempotency_key = str(uuid.uuid4())
@@ -232,15 +284,56 @@ class Gateway:
         reply = await self.services.reservations.CreateHold(
             hold, timeout=self.settings.rpc_timeout_s
         )
-        return JSONResponse(payloads.hold_json(reply, datetime.now(UTC)), status_code=201)
+        body = payloads.hold_json(reply, datetime.now(UTC))
+        response = JSONResponse(body, status_code=201, headers=NO_STORE)
+        self._set_hold_cookie(
+            response, reply.reservation.id, reply.hold_token, body["expires_in_s"] or 0.0
+        )
+        return response
+
+    @upstream("reservation")
+    async def current_hold(self, request: Request) -> Response:
+        """This browser's hold (from its cookie) while it is PENDING: after a reload the page
+        can still pay or cancel it. 404 when there is none (the cookie is then cleared)."""
+        held = security.parse_hold_cookie(request.cookies.get(security.HOLD_COOKIE))
+        if held is None:
+            return error_response(404, "NOT_FOUND", "No hold in this browser.")
+        reservation_id, token = held
+        try:
+            reservation: catalog_pb2.Reservation = await self.services.reservations.GetReservation(
+                reservation_pb2.GetReservationRequest(
+                    reservation_id=reservation_id, hold_token=token
+                ),
+                timeout=self.settings.rpc_timeout_s,
+            )
+        except grpc.RpcError as error:
+            code, _ = client.status_of(error)
+            if code not in (
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ):
+                raise
+            reservation = catalog_pb2.Reservation()
+        if reservation.status != catalog_pb2.RESERVATION_STATUS_PENDING:
+            response = error_response(404, "NOT_FOUND", "No hold in this browser.")
+            self._clear_hold_cookie(response)
+            return response
+        body = payloads.hold_json(
+            reservation_pb2.CreateHoldResponse(reservation=reservation), datetime.now(UTC)
+        )
+        body.pop("hold_token")  # the cookie carries it; scripts need not see it
+        return JSONResponse(body, headers=NO_STORE)
 
     @upstream("reservation")
     async def pay_hold(self, request: Request) -> Response:
         reservation_id = payloads.check_path_text(
             "reservation_id", request.path_params["reservation_id"]
         )
-        token = payloads.parse_hold_token(await self.json_body(request))
-        # Payment is simulated: a real gateway would get this reference from the provider.
+        token = payloads.parse_hold_token(
+            await self.json_body(request), self._cookie_token(request, reservation_id)
+        )
+        # Payment is simulated (demo mode only): a real gateway gets this from the provider.
         reference = f"SIM-{uuid.uuid4().hex[:12].upper()}"
         reservation: catalog_pb2.Reservation = await self.services.reservations.ConfirmHold(
             reservation_pb2.ConfirmHoldRequest(
@@ -250,19 +343,29 @@ class Gateway:
             ),
             timeout=self.settings.rpc_timeout_s,
         )
-        return JSONResponse({"reservation": payloads.reservation_json(reservation)})
+        response = JSONResponse(
+            {"reservation": payloads.reservation_json(reservation)}, headers=NO_STORE
+        )
+        self._clear_hold_cookie(response)
+        return response
 
     @upstream("reservation")
     async def cancel_hold(self, request: Request) -> Response:
         reservation_id = payloads.check_path_text(
             "reservation_id", request.path_params["reservation_id"]
         )
-        token = payloads.parse_hold_token(await self.json_body(request))
+        token = payloads.parse_hold_token(
+            await self.json_body(request), self._cookie_token(request, reservation_id)
+        )
         reservation: catalog_pb2.Reservation = await self.services.reservations.ReleaseHold(
             reservation_pb2.ReleaseHoldRequest(reservation_id=reservation_id, hold_token=token),
             timeout=self.settings.rpc_timeout_s,
         )
-        return JSONResponse({"reservation": payloads.reservation_json(reservation)})
+        response = JSONResponse(
+            {"reservation": payloads.reservation_json(reservation)}, headers=NO_STORE
+        )
+        self._clear_hold_cookie(response)
+        return response
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -304,7 +407,14 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/events", gateway.list_events, methods=["GET"]),
         Route("/api/stream", gateway.stream, methods=["GET"]),
         Route("/api/holds", gateway.create_hold, methods=["POST"]),
-        Route("/api/holds/{reservation_id}/pay", gateway.pay_hold, methods=["POST"]),
+        Route("/api/holds/current", gateway.current_hold, methods=["GET"]),
+        # The simulated payment exists in demo mode only (`slotlock dev`): in production a
+        # payment provider confirms holds, never a button on a public page.
+        *(
+            [Route("/api/holds/{reservation_id}/pay", gateway.pay_hold, methods=["POST"])]
+            if settings.demo_payments
+            else []
+        ),
         Route("/api/holds/{reservation_id}/cancel", gateway.cancel_hold, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
@@ -312,6 +422,9 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
+        middleware=[
+            Middleware(security.SecurityMiddleware, allowed_origins=settings.allowed_origins)
+        ],
     )
     app.state.gateway = gateway
     return app

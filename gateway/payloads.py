@@ -203,8 +203,10 @@ def parse_hold_request(body: Any) -> reservation_pb2.CreateHoldRequest:
     )
 
 
-def parse_hold_token(body: Any) -> str:
-    return _text(_object(body), "hold_token")
+def parse_hold_token(body: Any, fallback: str = "") -> str:
+    """The body's hold_token, or ``fallback`` (the hold cookie's) when the body has none."""
+    token = _text(_object(body), "hold_token", optional=bool(fallback))
+    return token or fallback
 
 
 def check_path_text(name: str, value: str) -> str:

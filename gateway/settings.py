@@ -5,8 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway.security import origin_of
 from slotlock.client import ClientSecurity
-from slotlock.settings import Reader, Telemetry, read_max_seats_per_hold, read_telemetry
+from slotlock.settings import (
+    Reader,
+    SettingsError,
+    Telemetry,
+    read_max_seats_per_hold,
+    read_telemetry,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,14 @@ class Settings:
     # The gateway's own credential towards both services (a booking + reader token) and
     # their CA: SLOTLOCK_TOKEN, SLOTLOCK_TLS_CA_FILE (and a client certificate for mTLS).
     client_security: ClientSecurity = field(default_factory=ClientSecurity)
+    # In public (gateway/security.py): origins besides the gateway's own that may post (e.g.
+    # "https://shop.example"), holds per client address per minute (0 = no limit), whether the
+    # page's simulated "Pay" exists (demo mode: `slotlock dev` turns it on; never in production),
+    # and whether the hold cookie is marked Secure (HTTPS only; off for plain-HTTP local runs).
+    allowed_origins: tuple[str, ...] = ()
+    holds_per_minute: int = 10
+    demo_payments: bool = False
+    secure_cookies: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -53,4 +68,22 @@ class Settings:
             telemetry=read_telemetry(read, "SLOTLOCK_GATEWAY_METRICS_PORT"),
             max_seats_per_hold=read_max_seats_per_hold(read),
             client_security=ClientSecurity.read(read),
+            allowed_origins=_origins(read, "SLOTLOCK_GATEWAY_ALLOWED_ORIGINS"),
+            holds_per_minute=read.integer(
+                "SLOTLOCK_GATEWAY_HOLDS_PER_MINUTE", d.holds_per_minute, minimum=0, maximum=100000
+            ),
+            demo_payments=read.flag("SLOTLOCK_GATEWAY_DEMO_PAYMENTS", d.demo_payments),
+            secure_cookies=read.flag("SLOTLOCK_GATEWAY_SECURE_COOKIES", d.secure_cookies),
         )
+
+
+def _origins(read: Reader, name: str) -> tuple[str, ...]:
+    """Comma-separated ``scheme://host[:port]`` values."""
+    raw = read.raw(name)
+    origins = tuple(part.strip() for part in (raw or "").split(",") if part.strip())
+    for origin in origins:
+        if not origin_of(origin) or origin_of(origin) != origin.lower().rstrip("/"):
+            raise SettingsError(
+                f"{name} must be comma-separated origins like https://shop.example, not {raw!r}"
+            )
+    return origins

@@ -273,6 +273,9 @@ class System:
             env["SLOTLOCK_GATEWAY_HOST"] = HOST
             env["SLOTLOCK_GATEWAY_PORT"] = str(port)
             env.update(self.client_env(BOOKING, READER, subject="gateway"))
+            # A demo on one machine: the simulated Pay on, plain HTTP (no Secure cookies).
+            env["SLOTLOCK_GATEWAY_DEMO_PAYMENTS"] = "true"
+            env["SLOTLOCK_GATEWAY_SECURE_COOKIES"] = "false"
         return {**env, **self.extra_env}
 
     # -- lifecycle --

@@ -14,6 +14,9 @@ const BADGE_HINTS = {
 };
 // The reservation service's limit, from /api/events (rules.js seatLimit copes with null).
 let maxSeatsPerHold = null;
+// The simulated "Pay" exists in demo mode only (the gateway says which); else a payment
+// provider confirms holds, and the page only holds and cancels.
+let demoPayments = false;
 
 const state = {
   events: new Map(), // event_id -> latest availability (newest version wins)
@@ -269,24 +272,35 @@ function createCard(ev) {
     const reply = await post("/api/holds", body);
     busy(false);
     if (!reply.ok) return fail(reply.error);
-    hold.id = reply.data.reservation_id;
-    hold.token = reply.data.hold_token;
-    hold.quantity = reply.data.reservation.quantity;
-    hold.deadline = performance.now() + (reply.data.expires_in_s ?? 0) * 1000;
-    part(card, "hold-summary").textContent =
-      `${seats(hold.quantity)} held for you. Pay before the timer runs out.`;
+    showHold(reply.data);
+  });
+
+  // The hold's token also lives in an HttpOnly cookie the gateway set, so after a reload the
+  // page still pays or cancels it (restoreHold); without a token in memory the cookie is used.
+  function showHold(data) {
+    hold.id = data.reservation_id;
+    hold.token = data.hold_token || null;
+    hold.quantity = data.reservation.quantity;
+    hold.deadline = performance.now() + (data.expires_in_s ?? 0) * 1000;
+    part(card, "hold-summary").textContent = demoPayments
+      ? `${seats(hold.quantity)} held for you. Pay before the timer runs out.`
+      : `${seats(hold.quantity)} held for you until the timer runs out.`;
+    part(card, "pay-button").hidden = !demoPayments;
     card.dataset.holdId = hold.id;
     show("hold");
+    stopTimer();
     tick();
     hold.timer = setInterval(tick, 250);
-  });
+  }
+  card.restoreHold = showHold;
+  function tokenBody() {
+    return hold.token ? { hold_token: hold.token } : {};
+  }
 
   part(card, "pay-button").addEventListener("click", async () => {
     fail("");
     busy(true);
-    const reply = await post(`/api/holds/${encodeURIComponent(hold.id)}/pay`, {
-      hold_token: hold.token,
-    });
+    const reply = await post(`/api/holds/${encodeURIComponent(hold.id)}/pay`, tokenBody());
     busy(false);
     if (!reply.ok) {
       fail(reply.error);
@@ -306,9 +320,7 @@ function createCard(ev) {
   part(card, "cancel-button").addEventListener("click", async () => {
     fail("");
     busy(true);
-    const reply = await post(`/api/holds/${encodeURIComponent(hold.id)}/cancel`, {
-      hold_token: hold.token,
-    });
+    const reply = await post(`/api/holds/${encodeURIComponent(hold.id)}/cancel`, tokenBody());
     busy(false);
     stopTimer();
     show("book");
@@ -344,7 +356,7 @@ async function post(url, body) {
     data = null;
   }
   if (!response.ok) {
-    const message = (data && data.error) || `Something went wrong (HTTP ${response.status}).`;
+    const message = (data && data.error) || "Something went wrong; please try again.";
     return { ok: false, status: response.status, error: message };
   }
   return { ok: true, status: response.status, data };
@@ -355,13 +367,14 @@ async function loadEvents() {
     const response = await fetch("/api/events");
     const data = await response.json().catch(() => null);
     if (!response.ok) {
-      loadError = (data && data.error) || `Could not load the shows (HTTP ${response.status}).`;
+      loadError = (data && data.error) || "Could not load the shows; please try again.";
     } else {
       loadError = "";
       if (Number.isInteger(data.max_seats_per_hold) && data.max_seats_per_hold !== maxSeatsPerHold) {
         maxSeatsPerHold = data.max_seats_per_hold;
         for (const [eventId, card] of state.cards) renderCard(card, state.events.get(eventId));
       }
+      demoPayments = data.demo_payments === true;
       for (const ev of data.events) applyEvent(ev);
       els.empty.hidden = state.cards.size > 0;
     }
@@ -391,5 +404,18 @@ function follow() {
   });
 }
 
-loadEvents();
+// A hold this browser made before a reload (its cookie): show it again on its card.
+async function restoreHold() {
+  try {
+    const response = await fetch("/api/holds/current");
+    if (!response.ok) return;
+    const data = await response.json();
+    const card = state.cards.get(data.reservation.event_id);
+    if (card && card.restoreHold) card.restoreHold(data);
+  } catch {
+    // No hold to show: the page works as before.
+  }
+}
+
+loadEvents().then(restoreHold);
 follow();

@@ -44,6 +44,8 @@ async def gateway(system: System) -> AsyncIterator[httpx.AsyncClient]:
         client_security=system.client_security(BOOKING, READER, subject="gateway"),
         rpc_timeout_s=3.0,
         watch_retry_max_s=0.5,
+        demo_payments=True,
+        secure_cookies=False,
     )
     server = build_server(settings, log_level="warning")
     serving = asyncio.create_task(server.serve())

@@ -395,6 +395,8 @@ def gateway(system: System) -> Iterator[GatewayThread]:
             client_security=system.client_security(BOOKING, READER, subject="gateway"),
             rpc_timeout_s=5.0,
             max_body_bytes=BODY_LIMIT,
+            demo_payments=True,  # the simulated Pay is fuzzed too
+            holds_per_minute=0,  # thousands of holds from one address, on purpose
         )
     )
     running.start()

@@ -198,7 +198,7 @@ TEN_MB = 10 * 1024 * 1024
 def app_client(**settings: Any) -> httpx.AsyncClient:
     """The gateway's app without its lifespan: no channels, so anything that gets past the
     request checks would fail with a 500, which these tests would see."""
-    app = create_app(Settings(**settings))
+    app = create_app(Settings(**{"demo_payments": True, **settings}))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=10)
 
