@@ -1,98 +1,113 @@
-"""Group commit for CreateHold: concurrent holds on one event share one transaction.
+"""Group commit: concurrent requests share one transaction. CreateHold batches holds for any
+events (``HoldBatcher``); ConfirmHold and ReleaseHold batch the same way (``SettleBatcher``).
 
 Holds on a hot event serialize on its row lock anyway; taking the lock once for every request
 that queued up while the previous transaction ran turns N commits into one, which is how the
-service gets past the one-commit-per-hold limit of the raw database.
+service gets past the one-commit-per-hold limit of the raw database. Requests for different
+events join the same batch too (the store locks their events in id order), so load spread over
+many events costs as few commits as load on one.
 
-A buyer's hold never fails because of another buyer's request. Refusals by the rules are each
-request's own outcome already; but when the whole transaction fails for a reason that may be tied
-to one request (a statement Postgres rejects, a bug on odd input), the batch is split in halves
-and each half placed again, in order, until the request it belongs to fails alone: a few more
-transactions, and only on that rare path. An outage (``Unavailable``: the database layer has
-already retried it) or a missing event concerns every request alike and fails the batch whole.
+A buyer's request never fails because of another buyer's request. Refusals by the rules are each
+request's own outcome already (a missing event or hold too); but when the whole transaction
+fails for a reason that may be tied to one request (a statement Postgres rejects, a bug on odd
+input), the batch is split in halves and each half placed again, in order, until the request it
+belongs to fails alone: a few more transactions, and only on that rare path. An outage
+(``Unavailable``: the database layer has already retried it) concerns every request alike and
+fails the batch whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from reservation_service.holds import HoldOutcome, HoldRequest
+from reservation_service.holds import HoldOutcome, HoldRequest, Reservation
+from reservation_service.store import Settle
 from slotlock import deadlines
-from slotlock.errors import NotFound, Unavailable
+from slotlock.errors import SlotlockError, Unavailable
 
 log = logging.getLogger(__name__)
 
-Waiting = tuple[HoldRequest, "asyncio.Future[HoldOutcome]"]
-# Places one batch of holds on one event in one transaction: one outcome per request, in order.
-PlaceBatch = Callable[[str, Sequence[HoldRequest]], Awaitable[list[HoldOutcome]]]
+Request = TypeVar("Request")
+Outcome = TypeVar("Outcome")
 
 
-class HoldBatcher:
-    def __init__(self, place_batch: PlaceBatch, max_batch: int = 256) -> None:
+class Batcher(Generic[Request, Outcome]):
+    """Queues requests and places them ``max_batch`` at a time with ``place_batch`` (one
+    transaction per call, one outcome per request, in order): while a batch runs, the requests
+    that arrive queue up and form the next one."""
+
+    def __init__(
+        self,
+        place_batch: Callable[[Sequence[Request]], Awaitable[list[Outcome]]],
+        *,
+        max_batch: int = 256,
+        what: str = "requests",
+    ) -> None:
         self._place_batch = place_batch
         self._max_batch = max_batch
-        self._queues: dict[str, deque[Waiting]] = defaultdict(deque)
-        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._what = what  # for the log line of a split batch
+        self._queue: deque[tuple[Request, asyncio.Future[Outcome]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
 
-    async def place(self, request: HoldRequest) -> HoldOutcome:
-        """Queue ``request`` behind its event's running transaction, if any, and await its own
-        outcome. A caller that gives up (deadline, cancel) before its batch starts takes no
-        seats; one whose ``request.deadline`` passes while its batch waits for the database is
-        left out by the store just before it writes (see ``ReservationStore.create_holds``)."""
-        future: asyncio.Future[HoldOutcome] = asyncio.get_running_loop().create_future()
-        self._queues[request.event_id].append((request, future))
-        if request.event_id not in self._workers:
-            self._workers[request.event_id] = asyncio.create_task(self._drain(request.event_id))
+    async def place(self, request: Request) -> Outcome:
+        """Queue ``request`` behind the running batch, if any, and await its own outcome. A
+        caller that gives up (deadline, cancel) before its batch starts is left out of it."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._drain())
         return await future
 
-    async def _drain(self, event_id: str) -> None:
+    async def _drain(self) -> None:
         # This task was started by one caller and copied its context; the batches it runs serve
         # many callers, so that caller's deadline must not bound them (slotlock.deadlines).
         deadlines.set_remaining(None)
-        queue = self._queues[event_id]
+        queue = self._queue
         try:
             while queue:
-                batch: list[Waiting] = []
+                batch: list[tuple[Request, asyncio.Future[Outcome]]] = []
                 while queue and len(batch) < self._max_batch:
                     waiting = queue.popleft()
                     if not waiting[1].done():  # skip callers that already gave up
                         batch.append(waiting)
                 if batch:
-                    await self._settle(event_id, batch)
+                    await self._settle(batch)
         finally:
-            del self._workers[event_id]
+            self._worker = None
             for _, future in queue:  # cancelled mid-way (closing): those still queued hear it
                 future.cancel()
-            self._queues.pop(event_id, None)
+            queue.clear()
 
-    async def _settle(self, event_id: str, batch: list[Waiting]) -> None:
+    async def _settle(self, batch: list[tuple[Request, asyncio.Future[Outcome]]]) -> None:
         """Place ``batch`` and give each caller its outcome; split it when its transaction fails
         for a reason that may belong to one of its requests (see the module's docstring)."""
         batch = [waiting for waiting in batch if not waiting[1].done()]  # some may have gone
         if not batch:
             return
         try:
-            outcomes = await self._place_batch(event_id, [r for r, _ in batch])
+            outcomes = await self._place_batch([r for r, _ in batch])
         except asyncio.CancelledError:  # closing mid-batch: its callers hear it too
             for _, future in batch:
                 future.cancel()
             raise
         except Exception as error:
-            if len(batch) > 1 and not isinstance(error, Unavailable | NotFound):
+            if len(batch) > 1 and not isinstance(error, Unavailable):
                 log.info(
-                    "a batch of %d holds on event %s failed (%s: %s); splitting it to find the "
-                    "request it belongs to",
+                    "a batch of %d %s failed (%s: %s); splitting it to find the request it "
+                    "belongs to",
                     len(batch),
-                    event_id,
+                    self._what,
                     type(error).__name__,
                     error,
                 )
                 half = len(batch) // 2
-                await self._settle(event_id, batch[:half])
-                await self._settle(event_id, batch[half:])
+                await self._settle(batch[:half])
+                await self._settle(batch[half:])
                 return
             for _, future in batch:  # each caller of this batch hears why it failed
                 if not future.done():
@@ -103,7 +118,43 @@ class HoldBatcher:
                 future.set_result(outcome)
 
     async def close(self) -> None:
-        workers = list(self._workers.values())
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+
+class HoldBatcher(Batcher[HoldRequest, HoldOutcome]):
+    """CreateHold's group commit. A caller whose ``request.deadline`` passes while its batch
+    waits for the database is left out by the store just before it writes (see
+    ``ReservationStore.create_holds``)."""
+
+    def __init__(
+        self,
+        place_batch: Callable[[Sequence[HoldRequest]], Awaitable[list[HoldOutcome]]],
+        max_batch: int = 256,
+    ) -> None:
+        super().__init__(place_batch, max_batch=max_batch, what="holds")
+
+
+@dataclass(frozen=True, eq=False)
+class SettleRequest:
+    """A confirm or a release: the hold, the callback deciding its change, and who asked (see
+    ``ReservationStore.settle_holds``)."""
+
+    reservation_id: str
+    settle: Settle
+    actor: str = "system"
+
+
+SettleOutcome = Reservation | SlotlockError
+
+
+class SettleBatcher(Batcher[SettleRequest, SettleOutcome]):
+    """ConfirmHold's and ReleaseHold's group commit: one transaction settles every hold queued."""
+
+    def __init__(
+        self,
+        place_batch: Callable[[Sequence[SettleRequest]], Awaitable[list[SettleOutcome]]],
+        max_batch: int = 256,
+    ) -> None:
+        super().__init__(place_batch, max_batch=max_batch, what="confirms/releases")

@@ -118,24 +118,6 @@ def reservation_from_row(row: Row) -> Reservation:
     )
 
 
-def new_holds_params(placed: Sequence[Reservation]) -> Params:
-    """Array parameters for insert_reservations: holds placed in one batch share their event and
-    their clock (created_at, expires_at)."""
-    first = placed[0]
-    assert all(r.event_id == first.event_id and r.created_at == first.created_at for r in placed)
-    return {
-        "event_id": first.event_id,
-        "now": first.created_at,
-        "expires_at": first.expires_at,
-        "ids": [r.id for r in placed],
-        "quantities": [r.quantity for r in placed],
-        "ticket_types": [r.ticket_type.value for r in placed],
-        "customer_refs": [r.customer_ref for r in placed],
-        "idempotency_keys": [r.idempotency_key for r in placed],
-        "request_fingerprints": [r.request_fingerprint for r in placed],
-    }
-
-
 def reservation_params(reservation: Reservation) -> Params:
     """What update_reservation may change: status, payment details, timestamps, deadline and
     grace, extensions, refunds."""
@@ -190,3 +172,29 @@ def history_from_row(row: Row) -> HistoryEntry:
         reason=row["reason"],
         detail=row["detail"],
     )
+
+
+def holds_params(placed: Sequence[Reservation]) -> Params:
+    """Array parameters for batches.sql insert_holds: holds of any events, sharing a clock."""
+    return {
+        "now": placed[0].created_at,
+        "ids": [r.id for r in placed],
+        "event_ids": [r.event_id for r in placed],
+        "quantities": [r.quantity for r in placed],
+        "ticket_types": [r.ticket_type.value for r in placed],
+        "customer_refs": [r.customer_ref for r in placed],
+        "idempotency_keys": [r.idempotency_key for r in placed],
+        "request_fingerprints": [r.request_fingerprint for r in placed],
+        "expires_at": [r.expires_at for r in placed],
+    }
+
+
+def counters_params(events: Sequence[Event], now: datetime) -> Params:
+    """Array parameters for batches.sql update_events_counters."""
+    return {
+        "ids": [e.id for e in events],
+        "paid": [e.paid for e in events],
+        "pending": [e.pending for e in events],
+        "versions": [e.version for e in events],
+        "now": now,
+    }

@@ -10,9 +10,11 @@ waiting on them.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from typing import TypeVar
 
@@ -24,6 +26,7 @@ from reservation_service.holds import (
     EventSpec,
     EventStatus,
     ExpiryPass,
+    HistoryEntry,
     HoldOutcome,
     HoldPolicy,
     HoldRequest,
@@ -37,6 +40,7 @@ T = TypeVar("T")
 CATALOG = sql.queries("catalog.sql")
 HOLDS = sql.queries("holds.sql")
 EXPIRY = sql.queries("expiry.sql")
+BATCHES = sql.queries("batches.sql")
 # slotlock_hold_changes_total, by the change's kind (counted once committed).
 _COUNTED_CHANGES = {
     holds.ChangeType.HOLD_CREATED: metrics.HOLD_CHANGES.labels("created"),
@@ -72,7 +76,7 @@ class ReservationStore:
 
     # --- catalog -------------------------------------------------------------------------------
 
-    async def upsert_event(self, spec: EventSpec) -> Event:
+    async def upsert_event(self, spec: EventSpec, actor: str = "system") -> Event:
         async def work(cur: Cursor) -> tuple[Event, list[Change]]:
             now = await _db_now(cur)
             created, change = holds.create_event(spec, str(uuid.uuid4()), now)
@@ -110,7 +114,7 @@ class ReservationStore:
             await cur.execute(HOLDS["update_event"], rows.event_params(event, now))
             return event, changes
 
-        return await self._write(work)
+        return await self._write(work, actor=actor)
 
     async def get_event(self, event_id: str) -> Event:
         async def work(cur: Cursor) -> Event:
@@ -152,70 +156,100 @@ class ReservationStore:
     # --- holds ---------------------------------------------------------------------------------
 
     async def create_holds(
-        self, event_id: str, requests: Sequence[HoldRequest], policy: HoldPolicy
+        self, requests: Sequence[HoldRequest], policy: HoldPolicy
     ) -> list[HoldOutcome]:
-        """Place a batch of holds on one event in one transaction (group commit). Each request
-        gets its own outcome: a reservation, or the error that refused it.
+        """Place a batch of holds, on any number of events, in one transaction (group commit).
+        Each request gets its own outcome: a reservation, or the error that refused it (a
+        missing event refuses only the requests for it). One statement per step for the whole
+        batch; the events are locked in id order, so batches sharing events never deadlock.
 
-        A caller whose deadline has passed by the time the event is locked and its lapsed holds
-        are released (the waits of this transaction) is left out: DeadlinePassed, no seats. What
-        remains is a window of a few milliseconds, from that check to COMMIT (the inserts, the
-        counters and the outbox row), in which a caller may still give up and find, if it
+        A caller whose deadline has passed by the time the events are locked and their lapsed
+        holds released (the waits of this transaction) is left out: DeadlinePassed, no seats.
+        What remains is a window of a few milliseconds, from that check to COMMIT (the inserts,
+        the counters and the outbox rows), in which a caller may still give up and find, if it
         looks, that its hold was written. Its idempotency key is how it recovers: a retry with
         the same key gets that hold (and its token) back instead of a second one.
         """
 
         async def work(cur: Cursor) -> tuple[list[HoldOutcome], list[Change]]:
-            await cur.execute(HOLDS["lock_event"], {"id": event_id})
-            row = await cur.fetchone()
-            if row is None:
-                raise errors.EventNotFound(event_id)
-            now: datetime = row["db_now"]
-            event = rows.event_from_row(row)
+            event_ids = sorted({r.event_id for r in requests})
+            await cur.execute(BATCHES["lock_events"], {"ids": event_ids})
+            found = await cur.fetchall()
+            if not found:
+                return [errors.EventNotFound(r.event_id) for r in requests], []
+            now: datetime = max(row["db_now"] for row in found)
+            events = {str(row["id"]): rows.event_from_row(row) for row in found}
             changes: list[Change] = []
             # A lapsed hold never blocks a buyer: release it before counting seats.
             await cur.execute(
-                HOLDS["lock_lapsed_holds_of_event"], {"event_id": event_id, "now": now}
+                BATCHES["lock_lapsed_holds_of_events"], {"event_ids": list(events), "now": now}
             )
             expired: list[Reservation] = []
             for lapsed in await cur.fetchall():
+                reservation = rows.reservation_from_row(lapsed)
                 event, reservation, change = holds.expire_hold(
-                    event, rows.reservation_from_row(lapsed), now
+                    events[reservation.event_id], reservation, now
                 )
+                events[event.id] = event
                 expired.append(reservation)
                 changes.append(change)
             await _update_reservations(cur, expired)
+            # Per-customer limits: one read per event that has a limit (none by default).
+            held_by: dict[str, dict[str, int]] = {}
+            for event in events.values():
+                if holds.customer_limited(event, policy):
+                    held_by[event.id] = await _customer_seats(
+                        cur, event.id, [r for r in requests if r.event_id == event.id]
+                    )
             known = await _find_by_keys(cur, requests)
+            ids = _new_ids(len(requests))
             # The last moment a caller that gave up can be left out: from here to the inserts
             # below there is no await.
             checked_at = time.monotonic()
             outcomes: list[HoldOutcome] = []
             placed: list[Reservation] = []
-            for request in requests:
+            for request, new_id in zip(requests, ids, strict=True):
                 if holds.has_given_up(request, checked_at):
                     outcomes.append(errors.DeadlinePassed())
                     continue
+                event_or_none = events.get(request.event_id)
+                if event_or_none is None:
+                    outcomes.append(errors.EventNotFound(request.event_id))
+                    continue
+                seats_of = held_by.get(request.event_id, {})
                 try:
                     key = request.idempotency_key
                     if key is not None and key in known:
                         outcomes.append(holds.check_retry(known[key], request))
                         continue
                     event, reservation, change = holds.place_hold(
-                        event, request, policy, now, str(uuid.uuid4())
+                        event_or_none,
+                        request,
+                        policy,
+                        now,
+                        new_id,
+                        seats_of.get(request.customer_ref, 0),
                     )
                 except SlotlockError as refusal:
                     outcomes.append(refusal)
                     continue
+                events[event.id] = event
+                if request.customer_ref in seats_of:  # only with a limit
+                    seats_of[request.customer_ref] += request.quantity
                 if key is not None:
                     known[key] = reservation
                 placed.append(reservation)
                 changes.append(change)
                 outcomes.append(reservation)
             if placed:
-                await cur.execute(HOLDS["insert_reservations"], rows.new_holds_params(placed))
+                await cur.execute(BATCHES["insert_holds"], rows.holds_params(placed))
             if changes:
-                await cur.execute(HOLDS["update_event_counters"], rows.counter_params(event, now))
-            return outcomes, changes
+                touched = sorted({c.event.id for c in changes})
+                await cur.execute(
+                    BATCHES["update_events_counters"],
+                    rows.counters_params([events[i] for i in touched], now),
+                )
+            return await _explain_refusals(cur, requests, outcomes, events), changes
 
         # UniqueViolation: a concurrent batch (another replica) took the same idempotency key
         # first; run again and the key is found.
@@ -232,8 +266,11 @@ class ReservationStore:
 
         return await self._write(work)
 
-    async def settle_hold(self, reservation_id: str, settle: Settle) -> Reservation:
-        """Lock the hold, then its event (the lock order), let ``settle`` decide, store both."""
+    async def settle_hold(
+        self, reservation_id: str, settle: Settle, actor: str = "system"
+    ) -> Reservation:
+        """Lock the hold, then its event (the lock order), let ``settle`` decide, store both.
+        ``actor`` (the caller) goes into the history."""
 
         async def work(cur: Cursor) -> tuple[Reservation, list[Change]]:
             reservation, now = await _lock_reservation(cur, reservation_id)
@@ -247,6 +284,60 @@ class ReservationStore:
             await _update_reservations(cur, [changed])
             await cur.execute(HOLDS["update_event_counters"], rows.counter_params(event, now))
             return changed, [change]
+
+        return await self._write(work, actor=actor)
+
+    async def settle_holds(
+        self, items: Sequence[tuple[str, Settle, str]]
+    ) -> list[Reservation | SlotlockError]:
+        """Settle a batch of holds (confirms, releases: group commit) in one transaction: each
+        item is (reservation id, ``settle``, actor), as ``settle_hold`` takes them, and gets
+        its own outcome, the settled hold or the error that refused it. The holds are locked
+        in id order, then their events in id order (the lock order), one statement each; items
+        for the same hold are settled in turn, each seeing the one before."""
+
+        async def work(cur: Cursor) -> tuple[list[Reservation | SlotlockError], list[Change]]:
+            await cur.execute(
+                BATCHES["lock_reservations"], {"ids": sorted({rid for rid, _, _ in items})}
+            )
+            found = await cur.fetchall()
+            if not found:
+                return [errors.ReservationNotFound(rid) for rid, _, _ in items], []
+            now: datetime = max(row["db_now"] for row in found)
+            held = {str(row["id"]): rows.reservation_from_row(row) for row in found}
+            await cur.execute(
+                BATCHES["lock_events"], {"ids": sorted({r.event_id for r in held.values()})}
+            )
+            events = {str(row["id"]): rows.event_from_row(row) for row in await cur.fetchall()}
+            outcomes: list[Reservation | SlotlockError] = []
+            changes: list[Change] = []
+            updated: dict[str, Reservation] = {}
+            for reservation_id, settle, actor in items:
+                reservation = held.get(reservation_id)
+                if reservation is None:
+                    outcomes.append(errors.ReservationNotFound(reservation_id))
+                    continue
+                try:
+                    outcome = settle(events[reservation.event_id], reservation, now)
+                except SlotlockError as refusal:
+                    outcomes.append(refusal)
+                    continue
+                if outcome is None:  # an idempotent retry: nothing to change
+                    outcomes.append(reservation)
+                    continue
+                event, changed, change = outcome
+                events[event.id] = event
+                held[changed.id] = updated[changed.id] = changed
+                changes.append(replace(change, actor=change.actor or actor))
+                outcomes.append(changed)
+            await _update_reservations(cur, list(updated.values()))
+            if changes:
+                touched = sorted({c.event.id for c in changes})
+                await cur.execute(
+                    BATCHES["update_events_counters"],
+                    rows.counters_params([events[i] for i in touched], now),
+                )
+            return outcomes, changes
 
         return await self._write(work)
 
@@ -282,6 +373,26 @@ class ReservationStore:
                 },
             )
             return [rows.reservation_from_row(row) for row in await cur.fetchall()]
+
+        return await self.db.run(work)
+
+    async def list_history(
+        self, *, event_id: str | None, reservation_id: str | None, after_id: int, limit: int
+    ) -> list[HistoryEntry]:
+        """History rows of an event or a reservation by id, the first ``limit`` after
+        ``after_id``."""
+
+        async def work(cur: Cursor) -> list[HistoryEntry]:
+            await cur.execute(
+                HOLDS["list_history"],
+                {
+                    "event_id": event_id,
+                    "reservation_id": reservation_id,
+                    "after_id": after_id,
+                    "limit": limit,
+                },
+            )
+            return [rows.history_from_row(row) for row in await cur.fetchall()]
 
         return await self.db.run(work)
 
@@ -334,8 +445,10 @@ class ReservationStore:
         self,
         work: Callable[[Cursor], Awaitable[tuple[T, list[Change]]]],
         retry_also: tuple[type[Exception], ...] = (),
+        actor: str = "system",
     ) -> T:
-        """Run ``work`` in one transaction and write its changes to the outbox in it."""
+        """Run ``work`` in one transaction and write its changes to the outbox and the history
+        in it (one statement); ``actor`` is who made a change that does not name its own."""
 
         async def transaction(cur: Cursor) -> tuple[T, list[Change]]:
             result, changes = await work(cur)
@@ -346,6 +459,7 @@ class ReservationStore:
                         "event_ids": [c.event.id for c in changes],
                         "payloads": [self._encode(c) for c in changes],
                         "trace_context": tracing.current_traceparent(),
+                        **rows.history_params(changes, actor),
                     },
                 )
                 if self._notify:
@@ -386,8 +500,56 @@ async def _find_by_keys(cur: Cursor, requests: Sequence[HoldRequest]) -> dict[st
     return {row["idempotency_key"]: rows.reservation_from_row(row) for row in await cur.fetchall()}
 
 
+async def _customer_seats(
+    cur: Cursor, event_id: str, requests: Sequence[HoldRequest]
+) -> dict[str, int]:
+    refs = sorted({r.customer_ref for r in requests if r.customer_ref})
+    if not refs:
+        return {}
+    await cur.execute(HOLDS["customer_seats"], {"event_id": event_id, "customer_refs": refs})
+    seats = {ref: 0 for ref in refs}
+    seats.update({row["customer_ref"]: int(row["seats"]) for row in await cur.fetchall()})
+    return seats
+
+
 async def _update_reservations(cur: Cursor, reservations: Sequence[Reservation]) -> None:
     if reservations:
         await cur.executemany(
             HOLDS["update_reservation"], [rows.reservation_params(r) for r in reservations]
         )
+
+
+async def _explain_refusals(
+    cur: Cursor,
+    requests: Sequence[HoldRequest],
+    outcomes: list[HoldOutcome],
+    events: dict[str, Event],
+) -> list[HoldOutcome]:
+    """Refused while seats are in checkout: say when the event's first hold lapses (read on
+    this refusal path only, once per event)."""
+    in_checkout = sorted(
+        {
+            r.event_id
+            for r, o in zip(requests, outcomes, strict=True)
+            if isinstance(o, errors.NotEnoughSeats) and o.in_checkout
+        }
+    )
+    if not in_checkout:
+        return outcomes
+    next_lapse: dict[str, datetime | None] = {}
+    for event_id in in_checkout:
+        await cur.execute(HOLDS["next_lapse_of_event"], {"event_id": event_id})
+        lapse = await cur.fetchone()
+        next_lapse[event_id] = lapse["next_lapse_at"] if lapse else None
+    return [
+        holds.explain_refusal(o, next_lapse[r.event_id], events[r.event_id].time_zone)
+        if isinstance(o, errors.NotEnoughSeats) and r.event_id in next_lapse
+        else o
+        for r, o in zip(requests, outcomes, strict=True)
+    ]
+
+
+def _new_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs from one read of the OS's randomness, not one each."""
+    pool = os.urandom(16 * count)
+    return [str(uuid.UUID(bytes=pool[n : n + 16], version=4)) for n in range(0, 16 * count, 16)]

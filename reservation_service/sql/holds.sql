@@ -2,15 +2,6 @@
 -- clock_timestamp(): the database's clock is the one clock every replica agrees on.
 SELECT *, clock_timestamp() AS db_now FROM events WHERE id = %(id)s FOR UPDATE;
 
--- name: lock_lapsed_holds_of_event
--- CreateHold holds the event row here, against the lock order (reservations first), so it never
--- waits on a reservation: SKIP LOCKED leaves a hold the expirer (or a confirm) has locked to them.
--- lapses_at: the deadline, or the end of the payment grace (migration 0006).
-SELECT * FROM reservations
-WHERE event_id = %(event_id)s AND status = 'PENDING' AND lapses_at <= %(now)s
-ORDER BY lapses_at
-FOR UPDATE SKIP LOCKED;
-
 -- name: customer_seats
 -- Per-customer limits: the seats each customer of a batch holds or has paid for on the event, read
 -- once per batch after the event row is locked (so no concurrent batch can add to them), and only
@@ -27,18 +18,6 @@ WHERE event_id = %(event_id)s AND status = 'PENDING';
 
 -- name: find_by_idempotency_keys
 SELECT * FROM reservations WHERE idempotency_key = ANY(%(keys)s);
-
--- name: insert_reservations
--- One statement for a whole batch of new holds (arrays in, one row each out): far cheaper than a
--- statement per hold. New holds of one batch share the event, status and clock.
-INSERT INTO reservations (id, event_id, quantity, ticket_type, status, customer_ref,
-                          idempotency_key, request_fingerprint, created_at, updated_at, expires_at)
-SELECT id, %(event_id)s, quantity, ticket_type, 'PENDING', customer_ref, idempotency_key,
-       request_fingerprint, %(now)s, %(now)s, %(expires_at)s
-FROM unnest(%(ids)s::uuid[], %(quantities)s::int[], %(ticket_types)s::text[],
-            %(customer_refs)s::text[], %(idempotency_keys)s::text[],
-            %(request_fingerprints)s::text[])
-     AS new (id, quantity, ticket_type, customer_ref, idempotency_key, request_fingerprint);
 
 -- name: update_reservation
 UPDATE reservations

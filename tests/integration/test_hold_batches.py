@@ -1,5 +1,6 @@
-"""Group commit on real Postgres: a batch isolates a request that fails its transaction, and a
-caller whose deadline passed while its batch waited takes no seats."""
+"""Group commit on real Postgres: a batch isolates a request that fails its transaction, a
+caller whose deadline passed while its batch waited takes no seats, holds on many events share
+batches, and confirms and releases are batched too."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from reservation_service import errors
 from reservation_service.application import Hold
 from reservation_service.holds import HoldRequest, TicketType
+from slotlock.errors import SlotlockError
 from slotlock.v1 import reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
 from slotlock_cli.builders import event_request
@@ -109,3 +111,70 @@ async def test_a_hold_whose_deadline_passed_while_its_batch_waited_takes_no_seat
         with pytest.raises(errors.DeadlinePassed):
             await queued_late
     assert counts(database_url, event.id) == (3, 3, 2, 3)
+
+
+async def test_holds_on_many_events_share_transactions_and_every_counter_is_exact(
+    start_reservation: StartReservation, database_url: str
+) -> None:
+    """Concurrent holds spread over events join the same batches (events locked in id order);
+    each event's seats, version and outbox rows are exact, and a missing event refuses only its
+    own requests."""
+    server = await start_reservation()
+    async with open_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = ReservationServiceStub(channel)
+        events = [
+            await stub.UpsertEvent(event_request(f"SPREAD-{n}", capacity=50)) for n in range(7)
+        ]
+    reservations = server.reservations
+    assert reservations is not None
+    ghost = "00000000-0000-4000-8000-000000000000"
+    requests = [hold_request(events[n % 7].id, f"b{n}") for n in range(70)]
+    requests.insert(33, hold_request(ghost, "lost"))
+    outcomes = await asyncio.gather(
+        *(reservations.create_hold(r) for r in requests), return_exceptions=True
+    )
+    assert isinstance(outcomes.pop(33), errors.EventNotFound)
+    assert all(isinstance(o, Hold) for o in outcomes), outcomes
+    for event in events:
+        assert counts(database_url, event.id) == (10, 11, 10, 11)
+
+
+async def test_concurrent_confirms_and_releases_settle_together_each_with_its_outcome(
+    start_reservation: StartReservation, database_url: str
+) -> None:
+    server = await start_reservation()
+    async with open_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = ReservationServiceStub(channel)
+        events = [
+            await stub.UpsertEvent(event_request(f"SETTLE-{n}", capacity=50)) for n in range(3)
+        ]
+    reservations = server.reservations
+    assert reservations is not None
+    placed = await asyncio.gather(
+        *(reservations.create_hold(hold_request(events[n % 3].id, f"b{n}", 2)) for n in range(30))
+    )
+    calls = []
+    for n, hold in enumerate(placed):
+        if n % 2:
+            calls.append(reservations.confirm_hold(hold.reservation.id, hold.token, f"pay-{n}"))
+        else:
+            calls.append(reservations.release_hold(hold.reservation.id, hold.token))
+    calls.append(reservations.release_hold(placed[1].reservation.id, "not-its-token"))
+    calls.append(reservations.confirm_hold(placed[3].reservation.id, placed[3].token, "pay-3"))
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(outcomes[30], SlotlockError), outcomes[30]  # a wrong token: alone
+    for n, outcome in enumerate(outcomes[:30]):
+        assert not isinstance(outcome, BaseException), outcome
+        assert outcome.status.value == ("PAID" if n % 2 else "CANCELLED")
+    retried = outcomes[31]  # the same confirm again, in the same batch: idempotent
+    assert not isinstance(retried, BaseException) and retried.status.value == "PAID"
+    with psycopg.connect(database_url) as conn:
+        for event in events:
+            row = conn.execute(
+                "SELECT paid, pending, version,"
+                " (SELECT count(*) FROM outbox WHERE event_id = events.id)"
+                " FROM events WHERE id = %s",
+                (event.id,),
+            ).fetchone()
+            # 10 holds each: 5 paid (2 seats), 5 released; one version and outbox row per change.
+            assert row == (10, 0, 21, 21), row

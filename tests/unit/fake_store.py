@@ -24,6 +24,7 @@ from reservation_service.holds import (
     EventSpec,
     EventStatus,
     ExpiryPass,
+    HistoryEntry,
     HoldOutcome,
     HoldPolicy,
     HoldRequest,
@@ -43,6 +44,7 @@ class FakeStore:
         self.reservations: dict[str, Reservation] = {}
         self.changes: list[Change] = []  # the outbox, in commit order
         self.batches: list[list[HoldRequest]] = []  # each create_holds call's requests
+        self.settle_batches: list[list[str]] = []  # each settle_holds call's reservation ids
         self.calls: Counter[str] = Counter()
         self.gate: asyncio.Event | None = None  # when set up, create_holds waits for it
         self._failures: dict[str, Exception] = {}
@@ -56,6 +58,35 @@ class FakeStore:
         if method in self._failures:
             raise self._failures.pop(method)
 
+    async def list_history(
+        self, *, event_id: str | None, reservation_id: str | None, after_id: int, limit: int
+    ) -> list[HistoryEntry]:
+        """The changes committed so far, as history rows (ids from 1)."""
+        await self._enter("list_history")
+        entries = [
+            HistoryEntry(
+                id=n,
+                event_id=c.event.id,
+                reservation_id=c.reservation.id if c.reservation else "",
+                occurred_at=c.occurred_at,
+                actor=c.actor or "system",
+                change_type=c.type.value,
+                reservation_status=c.reservation.status if c.reservation else None,
+                seats=c.seats,
+                event_version=c.event.version,
+                reason=c.reason,
+                detail=c.detail,
+            )
+            for n, c in enumerate(self.changes, start=1)
+        ]
+        return [
+            e
+            for e in entries
+            if e.id > after_id
+            and (event_id is None or e.event_id == event_id)
+            and (reservation_id is None or e.reservation_id == reservation_id)
+        ][:limit]
+
     def _commit(self, changes: Sequence[Change]) -> None:
         for change in changes:
             self.events[change.event.id] = change.event
@@ -65,7 +96,7 @@ class FakeStore:
 
     # --- catalog -------------------------------------------------------------------------------
 
-    async def upsert_event(self, spec: EventSpec) -> Event:
+    async def upsert_event(self, spec: EventSpec, actor: str = "system") -> Event:
         await self._enter("upsert_event")
         existing = next((e for e in self.events.values() if e.code == spec.code), None)
         if existing is None:
@@ -117,23 +148,26 @@ class FakeStore:
     # --- holds ---------------------------------------------------------------------------------
 
     async def create_holds(
-        self, event_id: str, requests: Sequence[HoldRequest], policy: HoldPolicy
+        self, requests: Sequence[HoldRequest], policy: HoldPolicy
     ) -> list[HoldOutcome]:
         self.batches.append(list(requests))
         if self.gate is not None:
             await self.gate.wait()
         await self._enter("create_holds")
-        if event_id not in self.events:
-            raise errors.EventNotFound(event_id)
         for request in requests:  # as Postgres does: text with NUL fails the whole transaction
             if "\x00" in request.customer_ref or "\x00" in (request.idempotency_key or ""):
                 raise errors.DatabaseFailed("DataError: PostgreSQL text fields cannot contain NUL")
-        event = self.events[event_id]
+        events = {
+            r.event_id: self.events[r.event_id] for r in requests if r.event_id in self.events
+        }
         changes: list[Change] = []
-        for lapsed in self._of_event(event_id, ReservationStatus.PENDING):
-            if holds.is_lapsed(lapsed, self.now):
-                event, _, change = holds.expire_hold(event, lapsed, self.now)
-                changes.append(change)
+        for event_id in sorted(events):
+            for lapsed in self._of_event(event_id, ReservationStatus.PENDING):
+                if holds.is_lapsed(lapsed, self.now):
+                    events[event_id], _, change = holds.expire_hold(
+                        events[event_id], lapsed, self.now
+                    )
+                    changes.append(change)
         known = {r.idempotency_key: r for r in self.reservations.values() if r.idempotency_key}
         checked_at = time.monotonic()
         outcomes: list[HoldOutcome] = []
@@ -141,17 +175,21 @@ class FakeStore:
             if holds.has_given_up(request, checked_at):
                 outcomes.append(errors.DeadlinePassed())
                 continue
+            if request.event_id not in events:
+                outcomes.append(errors.EventNotFound(request.event_id))
+                continue
             try:
                 key = request.idempotency_key
                 if key is not None and key in known:
                     outcomes.append(holds.check_retry(known[key], request))
                     continue
                 event, reservation, change = holds.place_hold(
-                    event, request, policy, self.now, str(uuid.uuid4())
+                    events[request.event_id], request, policy, self.now, str(uuid.uuid4())
                 )
             except SlotlockError as refusal:
                 outcomes.append(refusal)
                 continue
+            events[event.id] = event
             if key is not None:
                 known[key] = reservation
             changes.append(change)
@@ -166,7 +204,9 @@ class FakeStore:
         self.reservations[updated.id] = updated
         return updated
 
-    async def settle_hold(self, reservation_id: str, settle: Settle) -> Reservation:
+    async def settle_hold(
+        self, reservation_id: str, settle: Settle, actor: str = "system"
+    ) -> Reservation:
         await self._enter("settle_hold")
         reservation = self._reservation(reservation_id)
         outcome = settle(self.events[reservation.event_id], reservation, self.now)
@@ -175,6 +215,34 @@ class FakeStore:
         _, changed, change = outcome
         self._commit([change])
         return changed
+
+    async def settle_holds(
+        self, items: Sequence[tuple[str, Settle, str]]
+    ) -> list[Reservation | SlotlockError]:
+        self.settle_batches.append([rid for rid, _, _ in items])
+        if self.gate is not None:
+            await self.gate.wait()
+        await self._enter("settle_holds")
+        outcomes: list[Reservation | SlotlockError] = []
+        changes: list[Change] = []
+        for reservation_id, settle, _ in items:
+            if reservation_id not in self.reservations:
+                outcomes.append(errors.ReservationNotFound(reservation_id))
+                continue
+            reservation = self.reservations[reservation_id]
+            try:
+                outcome = settle(self.events[reservation.event_id], reservation, self.now)
+            except SlotlockError as refusal:
+                outcomes.append(refusal)
+                continue
+            if outcome is None:
+                outcomes.append(reservation)
+                continue
+            _, changed, change = outcome
+            self._commit([change])  # the next item for the same hold or event sees it
+            changes.append(change)
+            outcomes.append(changed)
+        return outcomes
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         await self._enter("get_reservation")

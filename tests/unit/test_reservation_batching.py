@@ -7,14 +7,16 @@ import asyncio
 import time as clock
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import date, time, timedelta
+from datetime import date, datetime, time, timedelta
+from typing import Any
 
 import pytest
 
-from reservation_service import errors
-from reservation_service.batching import HoldBatcher
+from reservation_service import errors, holds
+from reservation_service.batching import HoldBatcher, SettleBatcher, SettleOutcome, SettleRequest
 from reservation_service.errors import DatabaseFailed, DatabaseUnavailable
 from reservation_service.holds import (
+    Change,
     Event,
     EventSpec,
     HoldOutcome,
@@ -24,6 +26,8 @@ from reservation_service.holds import (
     Reservation,
     TicketType,
 )
+from reservation_service.store import Settle
+from slotlock.errors import SlotlockError
 from tests.unit.fake_store import FakeStore
 
 POLICY = HoldPolicy(ttl=timedelta(minutes=5), max_seats_per_hold=10)
@@ -46,8 +50,8 @@ async def new_event(store: FakeStore, capacity: int = 100) -> Event:
 
 
 def batcher_on(store: FakeStore, max_batch: int = 256) -> HoldBatcher:
-    async def place_batch(event_id: str, requests: Sequence[HoldRequest]) -> list[HoldOutcome]:
-        return await store.create_holds(event_id, requests, POLICY)
+    async def place_batch(requests: Sequence[HoldRequest]) -> list[HoldOutcome]:
+        return await store.create_holds(requests, POLICY)
 
     return HoldBatcher(place_batch, max_batch=max_batch)
 
@@ -194,3 +198,108 @@ async def test_a_caller_whose_deadline_passed_while_its_batch_waited_takes_no_se
     assert isinstance(await late, errors.DeadlinePassed)
     assert isinstance(await behind, errors.DeadlinePassed)
     assert store.paid_and_pending(event.id) == (0, 1)
+
+
+async def new_events(store: FakeStore, count: int, capacity: int = 100) -> list[Event]:
+    events = []
+    for n in range(count):
+        spec = EventSpec(
+            code=f"DS-{n}",
+            experience_title="Dinner",
+            local_date=date(2026, 12, 24),
+            local_start_time=time(19, 0),
+            time_zone="Asia/Ho_Chi_Minh",
+            capacity=capacity,
+            status=None,
+            experience_only_enabled=False,
+            dinner_price=Money(1, "VND"),
+            experience_only_price=Money(1, "VND"),
+        )
+        events.append(await store.upsert_event(spec))
+    return events
+
+
+async def test_holds_on_different_events_share_one_store_call() -> None:
+    store = FakeStore()
+    events = await new_events(store, 5)
+    batcher = batcher_on(store)
+    outcomes = await asyncio.gather(
+        *(batcher.place(request(events[n % 5], ref=f"c{n}")) for n in range(20))
+    )
+    assert [len(b) for b in store.batches] == [20]
+    assert all(isinstance(o, Reservation) for o in outcomes)
+    for event in events:
+        assert store.paid_and_pending(event.id) == (0, 4)
+
+
+async def test_a_missing_event_refuses_only_its_own_requests() -> None:
+    store = FakeStore()
+    event = await new_event(store)
+    batcher = batcher_on(store)
+    ghost = replace(request(event), event_id="00000000-0000-4000-8000-000000000000")
+    outcomes = await asyncio.gather(
+        batcher.place(request(event)), batcher.place(ghost), batcher.place(request(event))
+    )
+    assert isinstance(outcomes[1], errors.EventNotFound)
+    assert isinstance(outcomes[0], Reservation) and isinstance(outcomes[2], Reservation)
+    assert len(store.batches) == 1
+
+
+def settler_on(store: FakeStore) -> SettleBatcher:
+    async def settle_batch(batch: Sequence[SettleRequest]) -> list[SettleOutcome]:
+        return await store.settle_holds([(r.reservation_id, r.settle, r.actor) for r in batch])
+
+    return SettleBatcher(settle_batch)
+
+
+def confirm(reference: str) -> Settle:
+    def settle(
+        event: Event, reservation: Reservation, now: datetime
+    ) -> tuple[Event, Reservation, Change] | None:
+        return holds.confirm_hold(event, reservation, reference, now)
+
+    return settle
+
+
+def release(event: Event, reservation: Reservation, now: datetime) -> Any:
+    return holds.release_hold(event, reservation, now)
+
+
+async def test_confirms_and_releases_share_one_store_call_each_with_its_own_outcome() -> None:
+    store = FakeStore()
+    events = await new_events(store, 2)
+    placed = await batcher_on(store).place(request(events[0], 2))
+    others = [await batcher_on(store).place(request(events[n % 2])) for n in range(6)]
+    assert isinstance(placed, Reservation)
+    settler = settler_on(store)
+    items = [SettleRequest(placed.id, confirm("pay-1"))]
+    items += [SettleRequest(o.id, release) for o in others if isinstance(o, Reservation)]
+    items.append(SettleRequest("00000000-0000-4000-8000-000000000000", release))
+    items.append(SettleRequest(placed.id, release))  # after its confirm: refused, alone
+    outcomes = await asyncio.gather(*(settler.place(item) for item in items))
+    assert len(store.settle_batches) == 1 and len(store.settle_batches[0]) == len(items)
+    assert isinstance(outcomes[0], Reservation) and outcomes[0].status.value == "PAID"
+    assert all(isinstance(o, Reservation) and o.status.value == "CANCELLED" for o in outcomes[1:7])
+    assert isinstance(outcomes[7], errors.ReservationNotFound)
+    assert isinstance(outcomes[8], SlotlockError)
+    assert store.paid_and_pending(events[0].id) == (2, 0)
+    assert store.paid_and_pending(events[1].id) == (0, 0)
+
+
+async def test_a_confirm_that_fails_its_transaction_fails_alone() -> None:
+    store = FakeStore()
+    event = await new_event(store)
+    batcher = batcher_on(store)
+    placed = [await batcher.place(request(event)) for _ in range(9)]
+    ids = [p.id for p in placed if isinstance(p, Reservation)]
+
+    def broken(event: Event, reservation: Reservation, now: datetime) -> Any:
+        raise RuntimeError("a bug on odd input")
+
+    settler = settler_on(store)
+    items = [SettleRequest(i, confirm(f"pay-{n}")) for n, i in enumerate(ids)]
+    items.insert(4, SettleRequest(ids[0], broken))
+    outcomes = await asyncio.gather(*(settler.place(i) for i in items), return_exceptions=True)
+    assert isinstance(outcomes.pop(4), RuntimeError)
+    assert all(isinstance(o, Reservation) and o.status.value == "PAID" for o in outcomes)
+    assert store.paid_and_pending(event.id) == (9, 0)

@@ -88,7 +88,7 @@ async def place(store: FakeStore, ttl_s: float) -> None:
     event_id = next(iter(store.events))
     policy = HoldPolicy(ttl=timedelta(seconds=ttl_s))
     request = HoldRequest(event_id, 1, TicketType.DINNER, "c", None)
-    await store.create_holds(event_id, [request], policy)
+    await store.create_holds([request], policy)
 
 
 async def test_sleeps_until_the_earliest_deadline(running: Running) -> None:
