@@ -61,7 +61,6 @@ _CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "code": code}, status_code=status)
 
