@@ -141,8 +141,8 @@ FIELDS_KEPT_OFF_THE_FEED = ("payment", "payment_reference")
 
 def reservation_on_feed(reservation: Reservation) -> catalog_pb2.Reservation:
     message = reservation_to_proto(reservation)
-    for name in FIELDS_KEPT_OFF_THE_FEED:
-        message.ClearField(name)
+    message.ClearField("payment")
+    message.ClearField("payment_reference")
     return message
 
 
