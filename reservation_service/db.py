@@ -80,9 +80,16 @@ class Database:
         work: Callable[[Cursor], Awaitable[T]],
         *,
         retry_also: tuple[type[Exception], ...] = (),
+        pipeline: bool = False,
     ) -> T:
         """Run ``work`` in one transaction, again (a few times, with jitter) if it fails for a
-        transient reason or one of ``retry_also``, all within ``budget_s()``."""
+        transient reason or one of ``retry_also``, all within ``budget_s()``.
+
+        ``pipeline``: run it in libpq's pipeline mode. A statement whose result is read (fetch)
+        waits for it as usual, but those that are only executed are sent together with the next
+        read or with COMMIT: BEGIN goes out with the first query, and a transaction's writes and
+        COMMIT in one round trip. Their errors surface at that moment, not at their execute: only
+        for work that does not catch a statement's error itself."""
         budget = self.budget_s()
         give_up_at = time.monotonic() + budget
         try:
@@ -97,11 +104,12 @@ class Database:
                     left = give_up_at - time.monotonic()
                     if left <= 0:
                         raise PoolTimeout("no time left to reach the database")
-                    async with (
-                        self.pool.connection(timeout=left) as conn,
-                        conn.transaction(),
-                    ):
-                        return await work(conn.cursor(row_factory=dict_row))
+                    async with self.pool.connection(timeout=left) as conn:
+                        if pipeline:
+                            async with conn.pipeline(), conn.transaction():
+                                return await work(conn.cursor(row_factory=dict_row))
+                        async with conn.transaction():
+                            return await work(conn.cursor(row_factory=dict_row))
         except pg_errors.CheckViolation as error:
             # Only reachable through a bug above: the database refused to oversell.
             log.error("database refused a change: %s", error)

@@ -253,7 +253,7 @@ class ReservationStore:
 
         # UniqueViolation: a concurrent batch (another replica) took the same idempotency key
         # first; run again and the key is found.
-        return await self._write(work, retry_also=DUPLICATE_KEY)
+        return await self._write(work, retry_also=DUPLICATE_KEY, pipeline=True)
 
     async def amend_hold(self, reservation_id: str, amend: Amend) -> Reservation:
         """Lock the hold, let ``amend`` decide its new state, store it (no seats move)."""
@@ -339,7 +339,7 @@ class ReservationStore:
                 )
             return outcomes, changes
 
-        return await self._write(work)
+        return await self._write(work, pipeline=True)
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         async def work(cur: Cursor) -> Reservation:
@@ -446,9 +446,13 @@ class ReservationStore:
         work: Callable[[Cursor], Awaitable[tuple[T, list[Change]]]],
         retry_also: tuple[type[Exception], ...] = (),
         actor: str = "system",
+        *,
+        pipeline: bool = False,
     ) -> T:
         """Run ``work`` in one transaction and write its changes to the outbox and the history
-        in it (one statement); ``actor`` is who made a change that does not name its own."""
+        in it (one statement); ``actor`` is who made a change that does not name its own.
+        ``pipeline``: see ``Database.run`` (the hot paths: their writes, the outbox and COMMIT go
+        out in one round trip)."""
 
         async def transaction(cur: Cursor) -> tuple[T, list[Change]]:
             result, changes = await work(cur)
@@ -466,7 +470,7 @@ class ReservationStore:
                     await cur.execute(HOLDS["notify_outbox"])
             return result, changes
 
-        result, changes = await self.db.run(transaction, retry_also=retry_also)
+        result, changes = await self.db.run(transaction, retry_also=retry_also, pipeline=pipeline)
         if changes:
             self._on_commit()
             for change in changes:
