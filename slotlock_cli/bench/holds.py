@@ -134,8 +134,12 @@ def run(args: argparse.Namespace) -> int:
         work: list[list[tuple[str, str]]] = []
         if args.op != "create":
             work = make_holds(system, events, args)
+        service = _process_tree(system.service("reservation").process.pid)
+        cpu_before = _cpu_seconds(service)
         ok, failed, seconds = measure_grpc(system.reservation_addr, events, work, args)
+        service_cpu = _cpu_seconds(service) - cpu_before
         per_s = ok / seconds if seconds > 0 else 0.0
+        cpu_per_call_us = service_cpu / ok * 1e6 if ok else 0.0
         what = {"create": "CreateHold", "confirm": "ConfirmHold", "release": "ReleaseHold"}
         spread = "one hot event" if args.events == 1 else f"{args.events} events"
         print(
@@ -143,10 +147,15 @@ def run(args: argparse.Namespace) -> int:
             f"{args.workers} service worker(s), {args.concurrency} calls in flight over "
             f"{args.channels} connection(s) x {args.client_processes} client process(es))"
         )
+        print(
+            f"service CPU: {service_cpu:.2f} s over the run, {cpu_per_call_us:,.0f} us per call "
+            "(every worker process)"
+        )
         result: dict[str, Any] = {
             "op": args.op,
             "events": args.events,
             "per_s": round(per_s, 1),
+            "cpu_us_per_call": round(cpu_per_call_us, 1),
             "failed": failed,
         }
         if args.op == "create":
@@ -395,3 +404,18 @@ def _lapse_column(database_url: str) -> str:
             " WHERE table_name = 'reservations' AND column_name = 'lapses_at'"
         ).fetchone()
     return "lapses_at" if found else "expires_at"
+
+
+def _process_tree(pid: int) -> list[Any]:
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _cpu_seconds(processes: list[Any]) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
