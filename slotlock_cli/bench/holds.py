@@ -1,15 +1,16 @@
 """`slotlock bench holds`: CreateHold throughput through gRPC on one hot event (or spread over
 ``--events N``), next to the raw Postgres limits of the same statements (pgbench, no gRPC): one
 hold per transaction, and the batched limit (``--batched-holds`` per transaction, the shape group
-commit reaches). ``--op confirm|release`` measures ConfirmHold / ReleaseHold instead, on holds
-made beforehand (straight into the database, their tokens minted with the service's secret).
+commit reaches); and a bare grpc.aio server answering the same messages with no work behind
+them (the gRPC ceiling). ``--op confirm|release`` measures ConfirmHold / ReleaseHold instead, on
+holds made beforehand (straight into the database, their tokens minted with the service's secret).
 
 Rates divide by the measured time of the run, not the nominal one. Any failed call makes the
 command fail (exit code 1) after printing: a rate with failures in it is not a rate.
 
 The last line is JSON: {"op": ..., "events": ..., "per_s": ..., "holds_per_s": ... (create),
-"raw_pg_tps": ..., "raw_pg_batched_holds_per_s": ..., "ratio": ..., "ratio_batched": ...,
-"failed": ...}
+"cpu_us_per_call": ..., "raw_pg_tps": ..., "raw_pg_batched_holds_per_s": ...,
+"bare_grpc_per_s": ..., "ratio": ..., "ratio_batched": ..., "ratio_bare_grpc": ..., "failed": ...}
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import grpc
 
 from slotlock.feed import Feed
-from slotlock.v1 import changes_pb2, reservation_pb2, reservation_pb2_grpc
+from slotlock.v1 import catalog_pb2, changes_pb2, reservation_pb2, reservation_pb2_grpc
 from slotlock_cli.devstack import postgres_install_dir
 from slotlock_cli.system import System
 
@@ -161,6 +162,12 @@ def run(args: argparse.Namespace) -> int:
         if args.op == "create":
             result["holds_per_s"] = round(per_s, 1)
         if args.op == "create" and not args.no_raw:
+            sample = reservation_pb2_grpc.ReservationServiceStub(
+                system.channel("reservation")
+            ).CreateHold(
+                reservation_pb2.CreateHoldRequest(event_id=events[0], quantity=1),
+                timeout=10,
+            )
             raw_event = create_hot_event(system, "BENCH-HOT-RAW")
             system.stop_service("reservation")  # pgbench gets the machine to itself
             raw_tps = measure_pgbench(system.database_url, raw_event, args, holds=1)
@@ -175,7 +182,14 @@ def run(args: argparse.Namespace) -> int:
                 f"raw Postgres, the same statements, {args.batched_holds} holds per commit: "
                 f"{batched:,.0f} holds/s (the batched limit)"
             )
+            bare = measure_bare_grpc(events, sample.SerializeToString(), args)
+            print(
+                f"bare grpc.aio server, same messages, {args.workers} process(es): "
+                f"{bare:,.0f} calls/s (no work behind the call)"
+            )
             result.update(
+                bare_grpc_per_s=round(bare, 1),
+                ratio_bare_grpc=round(per_s / bare, 3) if bare else 0.0,
                 raw_pg_tps=round(raw_tps, 1),
                 raw_pg_batched_holds_per_s=round(batched, 1),
                 ratio=round(per_s / raw_tps, 3) if raw_tps else 0.0,
@@ -183,12 +197,58 @@ def run(args: argparse.Namespace) -> int:
             )
             print(
                 f"ratio to one hold per commit: {result['ratio']:.2f}; to the batched limit: "
-                f"{result['ratio_batched']:.2f}"
+                f"{result['ratio_batched']:.2f}; to the bare gRPC server: "
+                f"{result['ratio_bare_grpc']:.2f}"
             )
         if failed:
             print(f"FAILED: {failed} {what[args.op]} calls failed during the run")
         print(json.dumps(result))
     return 1 if failed else 0
+
+
+def measure_bare_grpc(events: list[str], reply: bytes, args: argparse.Namespace) -> float:
+    """CreateHold calls per second against a bare grpc.aio server (``--workers`` processes on
+    one port, as the service runs) that answers every call with ``reply``, a real response: the
+    ceiling the gRPC layer alone sets on this machine, measured by the same client."""
+    from slotlock_cli.devstack import free_port, wait_for_port
+
+    port = free_port()
+    ctx = multiprocessing.get_context("spawn")
+    servers = [ctx.Process(target=_bare_server, args=(port, reply)) for _ in range(args.workers)]
+    for server in servers:
+        server.start()
+    try:
+        wait_for_port(port)
+        time.sleep(0.5)  # every process listening
+        ok, failed, seconds = measure_grpc(f"127.0.0.1:{port}", events, [], args)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.join()
+    if failed:
+        print(f"FAILED: {failed} calls to the bare gRPC server failed")
+    return ok / seconds if seconds > 0 else 0.0
+
+
+def _bare_server(port: int, reply: bytes) -> None:
+    asyncio.run(_serve_bare(port, reply))
+
+
+async def _serve_bare(port: int, reply: bytes) -> None:
+    response = reservation_pb2.CreateHoldResponse.FromString(reply)
+
+    class Bare(reservation_pb2_grpc.ReservationServiceServicer):
+        async def CreateHold(self, request: Any, context: Any) -> Any:
+            return response
+
+        async def GetEvent(self, request: Any, context: Any) -> Any:
+            return catalog_pb2.Event(id=request.event_id)
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    reservation_pb2_grpc.add_ReservationServiceServicer_to_server(Bare(), server)  # type: ignore[abstract]
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
 
 
 def make_holds(
