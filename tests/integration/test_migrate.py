@@ -21,7 +21,7 @@ from slotlock.feed import Feed
 from slotlock_cli.devstack import DevStack
 from slotlock_cli.main import main
 from slotlock_cli.system import create_database, drop_database
-from tests.support import TEST_SECURITY, StartReservation
+from tests.support import TEST_HOLD_TOKEN_SECRET, TEST_SECURITY, StartReservation
 
 MIGRATIONS = [f"{version:04d}_{name}" for version, name, _ in sql.migrations()]
 
@@ -114,6 +114,7 @@ def test_the_refusal_is_one_line_and_exit_status_1(empty_database: str, stack: D
         # Past the security settings' checks, which come first (a closed test network).
         "SLOTLOCK_INSECURE_NO_AUTH": "true",
         "SLOTLOCK_INSECURE_PLAINTEXT": "true",
+        "SLOTLOCK_HOLD_TOKEN_SECRET": TEST_HOLD_TOKEN_SECRET,  # required since issue 9
     }
     result = subprocess.run(
         [sys.executable, "-m", "reservation_service"],
