@@ -239,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
             ).id
             for n in range(args.events)
         ]
-        hot = events[0]
+        # The last event created comes last in the snapshot a browser gets first: a browser that
+        # has it has the whole catalog, so the updates never race the snapshots still in flight.
+        hot = events[-1]
         wait_live(system.gateway_url)
         time.sleep(1.0)  # the catalog reaches the gateway through the feed
         gateway = psutil.Process(system.service("gateway").process.pid)
