@@ -38,7 +38,9 @@ class _ChangeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeType
     CHANGE_TYPE_STATE_SNAPSHOT: _ChangeType.ValueType  # 7
     """Not a change: the event's current state, re-published by the relay when the feed's last
     message for the event is behind the database (e.g. JetStream lost acknowledged writes, or the
-    stream was recreated). change_id is 0; event.version is the database's.
+    stream was recreated), or ahead of it (a forged message, or a database restored from an older
+    backup: the relay first moves the event's version past the feed's, so consumers keeping only
+    newer versions accept the database's state). change_id is 0; event.version is the database's.
     """
     CHANGE_TYPE_HOLD_EXTENDED: _ChangeType.ValueType  # 8
     """ExtendHold pushed a PENDING hold's expires_at out (reservation.expires_at is the new one)."""
@@ -65,7 +67,9 @@ CHANGE_TYPE_RESERVATION_REFUNDED: ChangeType.ValueType  # 6
 CHANGE_TYPE_STATE_SNAPSHOT: ChangeType.ValueType  # 7
 """Not a change: the event's current state, re-published by the relay when the feed's last
 message for the event is behind the database (e.g. JetStream lost acknowledged writes, or the
-stream was recreated). change_id is 0; event.version is the database's.
+stream was recreated), or ahead of it (a forged message, or a database restored from an older
+backup: the relay first moves the event's version past the feed's, so consumers keeping only
+newer versions accept the database's state). change_id is 0; event.version is the database's.
 """
 CHANGE_TYPE_HOLD_EXTENDED: ChangeType.ValueType  # 8
 """ExtendHold pushed a PENDING hold's expires_at out (reservation.expires_at is the new one)."""
