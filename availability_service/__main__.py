@@ -8,15 +8,18 @@ import gc
 import logging
 import os
 import signal
+import sys
 
 from availability_service.server import AvailabilityServer
 from availability_service.settings import Settings
 from slotlock import logs, metrics, tracing
 from slotlock import settings as slotlock_settings
+from slotlock.process_title import set_title
 
 
 async def serve(settings: Settings) -> None:
     server = await AvailabilityServer(settings).start()
+    set_title("slotlock-availability", server.port)
 
     async def freeze_when_ready() -> None:
         # The rebuilt view is long-lived: keep the collector from re-scanning it on every pass
@@ -42,6 +45,9 @@ def main() -> None:
     try:
         metrics.serve(settings.host, settings.telemetry.metrics_port)
         asyncio.run(serve(settings))
+    except OSError as error:  # a port taken, most often: one line, not a traceback
+        print(f"slotlock-availability: cannot start: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         tracing.shutdown()  # send the spans still buffered
 

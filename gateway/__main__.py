@@ -10,6 +10,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from slotlock import logs, metrics
 from slotlock import settings as slotlock_settings
+from slotlock.process_title import set_title
 
 # Browsers keep Server-Sent Events streams open forever; do not wait for them on shutdown.
 GRACEFUL_SHUTDOWN_S = 1
@@ -32,6 +33,7 @@ def build_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Serv
 def main() -> None:
     settings = slotlock_settings.load("gateway", Settings.from_env, os.environ)
     logs.configure(settings.log_level, settings.telemetry.log_format)
+    set_title("slotlock-gateway", settings.port)
     metrics.serve(settings.host, settings.telemetry.metrics_port)
     build_server(settings, log_level=settings.log_level.lower()).run()
 

@@ -32,8 +32,9 @@ from reservation_service.servicer import ReservationServicer
 from reservation_service.settings import Settings
 from reservation_service.store import ReservationStore
 from slotlock import deadlines, logs, metrics, reflection, tracing
-from slotlock.grpc_server import add_port, create_server
+from slotlock.grpc_server import add_port, claim_port, create_server
 from slotlock.health import Health
+from slotlock.process_title import set_title
 from slotlock.settings import SettingsError
 from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 
@@ -98,7 +99,8 @@ class ReservationServer:
             max_batch=s.max_batch,
         )
 
-        self.server = create_server(s.security)
+        # Workers of one replica share its port; anything else on it must fail to start.
+        self.server = create_server(s.security, reuse_port=s.workers > 1)
         reservation_pb2_grpc.add_ReservationServiceServicer_to_server(
             deadlines.following_deadlines(ReservationServicer(self.reservations), SERVICE),
             self.server,
@@ -146,9 +148,10 @@ class ReservationServer:
             await self.pool.close(timeout=5)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: str = "") -> None:
     """Run until SIGINT/SIGTERM, then stop cleanly."""
     server = await ReservationServer(settings).start()
+    set_title("slotlock-reservation", server.port, worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -159,13 +162,13 @@ async def serve(settings: Settings) -> None:
     log.info("reservation service stopped")
 
 
-def run_one(settings: Settings) -> None:
+def run_one(settings: Settings, worker: str = "") -> None:
     telemetry = settings.telemetry
     logs.configure(settings.log_level, telemetry.log_format)
     tracing.configure(telemetry.otel_exporter, "slotlock-reservation")
     try:
         metrics.serve(settings.host, telemetry.metrics_port)
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, worker))
     except KeyboardInterrupt:
         pass
     except (OSError, psycopg.OperationalError, SchemaNotCurrent) as error:
@@ -178,10 +181,18 @@ def run_one(settings: Settings) -> None:
 def run_workers(settings: Settings) -> int:
     """Start the workers, stop them all on SIGTERM/SIGINT or when one dies; the exit code says
     whether every worker ended cleanly."""
+    try:  # the workers share the port with SO_REUSEPORT: no other replica may join them
+        claim = claim_port(settings.host, settings.port)
+    except OSError as error:
+        print(f"slotlock-reservation: cannot start: {error}", file=sys.stderr)
+        return 1
+    set_title("slotlock-reservation", settings.port, f"{settings.workers} workers")
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(
-            target=_worker, args=(_worker_settings(settings, n),), name=f"reservation-worker-{n}"
+            target=_worker,
+            args=(_worker_settings(settings, n), f"worker {n + 1}/{settings.workers}"),
+            name=f"reservation-worker-{n}",
         )
         for n in range(settings.workers)
     ]
@@ -202,6 +213,7 @@ def run_workers(settings: Settings) -> int:
             worker.terminate()
     for worker in workers:  # each drains: NOT_SERVING, then its calls in flight finish
         worker.join(settings.drain_delay_s + settings.shutdown_grace_s + 10)
+    claim.close()
     return 0 if stopping and all(w.exitcode in (0, -signal.SIGTERM) for w in workers) else 1
 
 
@@ -214,9 +226,9 @@ def _worker_settings(settings: Settings, n: int) -> Settings:
     return replace(settings, telemetry=replace(settings.telemetry, metrics_port=port + n))
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, title: str) -> None:
     if sys.platform == "linux":  # a worker never outlives its parent
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    run_one(settings)
+    run_one(settings, title)

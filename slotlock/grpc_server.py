@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from dataclasses import dataclass, field
 
 import grpc
@@ -66,14 +68,18 @@ class ServerSecurity:
         return security
 
 
-def create_server(security: ServerSecurity) -> grpc.aio.Server:
+def create_server(security: ServerSecurity, *, reuse_port: bool = False) -> grpc.aio.Server:
     """A grpc.aio server with slotlock's options and interceptors, outermost first: every call
     observed and its errors mapped once (request id, metrics, span, one log line for a
     failure); the caller authenticated and checked against the role table; the request checked
     against the contract's bounds. Raises ``SettingsError`` when ``security`` authenticates
-    nobody (fail closed)."""
+    nobody (fail closed).
+
+    grpcio sets SO_REUSEPORT on Linux unless told not to, so a second service started on a taken
+    port would bind "fine" and take half the calls: off unless ``reuse_port``, which only one
+    replica's own workers use, behind the port their parent holds (:func:`claim_port`)."""
     return grpc.aio.server(
-        options=SERVER_OPTIONS,
+        options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port))],
         interceptors=[
             ErrorInterceptor(),
             AuthInterceptor(security.auth, reflection=security.reflection),
@@ -83,11 +89,47 @@ def create_server(security: ServerSecurity) -> grpc.aio.Server:
 
 
 def add_port(server: grpc.aio.Server, host: str, port: int, security: ServerSecurity) -> int:
-    """Listen on ``host:port`` with TLS when configured; returns the port bound."""
+    """Listen on ``host:port`` with TLS when configured; returns the port bound. Raises OSError
+    naming the address and the reason when it cannot be bound (grpc.aio says only "Failed to
+    bind")."""
     address = f"{host}:{port}"
-    if security.tls.enabled:
-        return int(server.add_secure_port(address, security.tls.credentials()))
-    log.warning(
-        "serving plain text on %s: credentials and bookings cross the network unencrypted", address
-    )
-    return int(server.add_insecure_port(address))
+    try:
+        if security.tls.enabled:
+            return int(server.add_secure_port(address, security.tls.credentials()))
+        log.warning(
+            "serving plain text on %s: credentials and bookings cross the network unencrypted",
+            address,
+        )
+        return int(server.add_insecure_port(address))
+    except RuntimeError:
+        _bind(host, port, reuse_address=True).close()  # as grpc binds, to learn why (OSError)
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {address}") from None
+
+
+def claim_port(host: str, port: int) -> socket.socket:
+    """Hold ``host:port`` for one replica's workers: OSError if anything is bound there (another
+    service, or another replica's claim), else a bound socket that only sockets of this user with
+    SO_REUSEPORT (the workers' servers, ``reuse_port=True``) can share. Keep it open while the
+    workers run. (Two replicas claiming in the same microsecond could still both succeed.)"""
+    _bind(host, port, reuse_address=True).close()  # refused while anything else holds the port
+    # Without SO_REUSEADDR, so that the check above fails for the next replica while we hold it.
+    return _bind(host, port, reuse_port=True)
+
+
+def _bind(
+    host: str, port: int, *, reuse_address: bool = False, reuse_port: bool = False
+) -> socket.socket:
+    """A TCP socket bound to ``host:port``; OSError "cannot listen on <address>: <why>"."""
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse_address))
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockaddr)
+    except OSError as error:
+        sock.close()
+        raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
