@@ -184,8 +184,9 @@ def run(args: argparse.Namespace) -> int:
         )
         tokens = write_tokens(system)
     except (RuntimeError, TimeoutError, OSError, psycopg.Error, grpc.RpcError) as error:
+        # The error ends with the failing service's log tail; the whole logs stay.
         print(
-            f"slotlock dev: could not start: {error} (logs in {system.log_dir})",
+            f"slotlock dev: could not start (logs in {system.log_dir}): {error}",
             file=sys.stderr,
         )
         system.stop()
@@ -215,15 +216,23 @@ def run(args: argparse.Namespace) -> int:
         ).replace("\n\n\n", "\n\n"),
         flush=True,
     )
+    failed = False
     try:
         while not stop.wait(0.5):
-            for process in system.processes:
-                if not process.running:
-                    print(f"slotlock dev: {process.name} exited; stopping", file=sys.stderr)
+            for name, service in system.services.items():
+                if not service.process.running:
+                    print(
+                        f"slotlock dev: {service.process.name} exited with code "
+                        f"{service.process.returncode}; stopping. Its log ends:\n"
+                        f"{system.log_tail(name)}",
+                        file=sys.stderr,
+                    )
+                    failed = True
                     stop.set()
+                    break
     finally:
         print("\nslotlock dev: stopping ...", flush=True)
         system.stop()
         if args.data_dir is None:  # secrets and data go with it; a named folder is kept
             shutil.rmtree(system.root, ignore_errors=True)
-    return 0
+    return 1 if failed else 0

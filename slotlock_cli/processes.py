@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -73,11 +74,26 @@ class ServiceProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def listens_on(self, port: int) -> bool | None:
+        """Whether this process or one of its children (a replica's workers) listens on TCP
+        ``port``; None where that cannot be told (no Linux /proc)."""
+        listening = _listening_inodes(port)
+        if listening is None:
+            return None
+        return any(not listening.isdisjoint(_socket_inodes(pid)) for pid in _process_tree(self.pid))
+
+    def _answer_is_ours(self, port: int) -> bool:
+        """A ready answer counts only from our own process: another stack (or anything else)
+        already on the port answers too, before our process has failed to bind it."""
+        return self.listens_on(port) is not False
+
     def wait_serving(
         self, address: str, timeout: float = 30.0, security: ClientSecurity | None = None
     ) -> None:
         """Wait until the gRPC health service at ``address`` reports SERVING (health is open to
-        every caller; ``security`` matters for its TLS)."""
+        every caller; ``security`` matters for its TLS) and the port is this process's."""
+        port = int(address.rsplit(":", 1)[1])
+        foreign = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running:
@@ -93,20 +109,31 @@ class ServiceProcess:
                     health_pb2.HealthCheckRequest(service=""), timeout=1
                 )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                    if self._answer_is_ours(port):
+                        return
+                    foreign = True
             time.sleep(0.05)
+        if foreign:
+            raise TimeoutError(f"another process answers at {address}, not {self.name}")
         raise TimeoutError(f"{self.name} not SERVING at {address} after {timeout:.0f}s")
 
     def wait_http_ok(self, url: str, timeout: float = 30.0) -> None:
-        """Wait until ``url`` answers 200 (the gateway's readiness: it has no gRPC health)."""
+        """Wait until ``url`` answers 200 (the gateway's readiness: it has no gRPC health) from
+        this process."""
+        port = urllib.parse.urlsplit(url).port or 80
+        foreign = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"{self.name} exited with code {self.returncode}")
             with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as reply:
                 if reply.status == 200:
-                    return
+                    if self._answer_is_ours(port):
+                        return
+                    foreign = True
             time.sleep(0.05)
+        if foreign:
+            raise TimeoutError(f"another process answers {url}, not {self.name}")
         raise TimeoutError(f"{self.name} did not answer {url} within {timeout:.0f}s")
 
     def log_tail(self, lines: int = 40) -> str:
@@ -135,3 +162,43 @@ class ServiceProcess:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
+
+
+# -- who listens on a port (Linux /proc; no psutil at run time) ----------------------------------
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on TCP ``port`` (IPv4 and IPv6); None without /proc."""
+    inodes: set[str] = set()
+    found_table = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found_table = True
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(inode)
+    return inodes if found_table else None
+
+
+def _process_tree(pid: int) -> Iterator[int]:
+    yield pid
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in children.read_text().split():
+                yield from _process_tree(int(child))
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd.path)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    return inodes
