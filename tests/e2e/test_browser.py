@@ -199,6 +199,33 @@ def test_page_says_when_a_service_is_down_and_recovers(system: System, browser: 
     expect(show.get_by_test_id("processing")).to_have_text("1 being processed")
 
 
+def test_live_indicator_reads_updates_paused_while_availability_is_down(
+    system: System, browser: Any
+) -> None:
+    """Issue 10's "Done when": the page says "Updates paused" instead of "Live" while the
+    availability service is down, and "Live" again once it is back."""
+    from playwright.sync_api import expect
+
+    system.seed_event("E2E-PAUSE", capacity=6, title="Harbour Cruise", days_ahead=11)
+    page = browser.new_context(viewport=DESKTOP).new_page()
+    page.goto(system.gateway_url)
+    expect(card(page, "E2E-PAUSE")).to_be_visible()
+    live = page.get_by_test_id("live-status")
+    expect(live).to_have_text("Live")
+    expect(live).to_have_attribute("data-live", "true")
+
+    system.stop_service("availability")
+    expect(live).to_have_text("Updates paused", timeout=10_000)
+    expect(live).to_have_attribute("data-live", "false")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-desktop-updates-paused.png"), full_page=True)
+
+    system.start_service("availability")
+    expect(live).to_have_text("Live", timeout=15_000)
+    expect(live).to_have_attribute("data-live", "true")
+    expect(card(page, "E2E-PAUSE").get_by_test_id("live-line")).to_have_text("0 paid • 6 available")
+
+
 def _countdown_pattern() -> Any:
     import re
 
