@@ -220,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(0.5):
             for name, service in system.services.items():
-                if not service.process.running:
+                # Ctrl-C in a terminal reaches the services too: their exit is then no failure.
+                if not service.process.running and not stop.is_set():
                     print(
                         f"slotlock dev: {service.process.name} exited with code "
                         f"{service.process.returncode}; stopping. Its log ends:\n"
