@@ -33,7 +33,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from slotlock import errors, identity
+from slotlock import errors, grpc_errors, identity
 from slotlock.identity import Caller
 from slotlock.settings import Reader, SettingsError
 from slotlock.v1 import access_pb2, availability_pb2, reservation_pb2
@@ -292,7 +292,7 @@ Context: TypeAlias = grpc.aio.ServicerContext
 Behaviour = Callable[..., Any]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpcio is untyped
+class AuthInterceptor(grpc_errors.WrappingInterceptor):
     """Authenticates every call and checks the role table before the handler and before the
     request checks (a stranger learns nothing about a request's fields). Installed inside the
     error interceptor, which answers, counts and logs its refusals like any other."""
@@ -304,13 +304,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         reflection: bool = True,
         table: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
+        super().__init__()
         settings.check()
         self._settings = settings
         self._table = role_table() if table is None else table
         self._reflection = reflection
         self._tokens = TokenVerifier(settings)
         self._cert_roles = dict(settings.client_cert_roles)
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         if settings.insecure_no_auth:
             log.warning(
                 "SLOTLOCK_INSECURE_NO_AUTH is set: a caller without credentials may do everything"
@@ -324,15 +324,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         method: str = handler_call_details.method
         if not self._reflection and method.startswith(REFLECTION_SERVICES):
             return None  # UNIMPLEMENTED, as if it were not there
-        handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(OPEN_SERVICES):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method, self._table.get(method, frozenset()))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return await super().intercept_service(continuation, handler_call_details)
+
+    def wraps(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
+        return not method.startswith(OPEN_SERVICES)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return self._wrap(handler, method, self._table.get(method, frozenset()))
 
     def admit(
         self, method: str, roles: frozenset[str], metadata: Sequence[tuple[str, Any]], peer: Any

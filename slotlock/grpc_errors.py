@@ -92,12 +92,10 @@ Context: TypeAlias = grpc.aio.ServicerContext
 Behaviour = Callable[..., Any]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpcio is untyped
-    """Maps errors to statuses for every unary-request RPC of the server it is installed on.
-
-    Wrapped handlers are cached per method, so the per-call cost is one dict look-up. Methods
-    with streaming requests (only reflection here) are passed through unchanged.
-    """
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpcio is untyped
+    """A server interceptor that wraps each method's handler once: the wrapped handler is cached
+    per method, so a call costs one dict look-up here. Methods with streaming requests (only
+    reflection here) pass through unless ``wraps`` says otherwise."""
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -108,41 +106,39 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
         method: str = handler_call_details.method
+        if handler is None or not self.wraps(handler, method):
+            return handler
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(handler, method)
+        wrapped = self.wrap(handler, method)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
+    def wraps(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
+        return not handler.request_streaming
 
-class RequestCheckInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ErrorInterceptor(WrappingInterceptor):
+    """The outermost interceptor: every call observed (request id, metrics, span, one log line
+    for a failure) and every error raised inside it, ours or unexpected, mapped to a status."""
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _wrap(handler, method)
+
+
+class RequestCheckInterceptor(WrappingInterceptor):
     """The innermost interceptor: a body that is not valid protobuf, or a field past its bound in
     the contract (or holding a NUL), is refused before the handler runs. Innermost, so that it
     runs after authentication (a stranger is told only that it is a stranger) and inside the
     error interceptor (which turns the refusal into INVALID_ARGUMENT with details)."""
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _checked(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _checked(handler, method)
 
 
 def _checked(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
