@@ -278,8 +278,12 @@ class Gateway:
         hold = payloads.parse_hold_request(await self.json_body(request))
         if not hold.idempotency_key:
             hold.idempotency_key = str(uuid.uuid4())
-        if not hold.customer_ref:
-            hold.customer_ref = "web"
+        # A buyer on the public page has no customer identity this sample can vouch for, so
+        # whatever the body says is dropped: a chosen customer_ref would let one visitor spend
+        # (or dodge) another customer's per-customer seat limit, and one shared value would
+        # make that limit apply to every web buyer together. Holds without one are not
+        # limited per customer; a checkout service that knows its buyers sets it itself.
+        hold.customer_ref = ""
         reply = await self.services.reservations.CreateHold(
             hold, timeout=self.settings.rpc_timeout_s
         )

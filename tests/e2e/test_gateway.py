@@ -21,6 +21,7 @@ from gateway.__main__ import build_server
 from gateway.settings import Settings
 from slotlock.feed import Feed
 from slotlock.identity import BOOKING, READER
+from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 from slotlock_cli.devstack import DevStack
 from slotlock_cli.system import System
 
@@ -348,3 +349,22 @@ async def _listed_when(
         if matches(row) or time.monotonic() > deadline:
             return dict(row)
         await asyncio.sleep(0.05)
+
+
+async def test_a_buyer_cannot_choose_the_customer_ref_of_a_hold(
+    system: System, gateway: httpx.AsyncClient
+) -> None:
+    """A chosen customer_ref would let one visitor spend (or dodge) another customer's
+    per-customer seat limit; the gateway sends none."""
+    event = system.seed_event("GW-CUSTOMER", capacity=4)
+    made = await gateway.post(
+        "/api/holds", json={"event_id": event.id, "quantity": 1, "customer_ref": "victim-7"}
+    )
+    assert made.status_code == 201, made.text
+    stub = reservation_pb2_grpc.ReservationServiceStub(system.channel("reservation"))
+    stored = await asyncio.to_thread(
+        stub.GetReservation,
+        reservation_pb2.GetReservationRequest(reservation_id=made.json()["reservation_id"]),
+        timeout=10,
+    )
+    assert stored.customer_ref == ""
