@@ -40,6 +40,15 @@ from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# Every pooled session: a row lock held by a client that vanished (a dead node, a partition with
+# no RST) must not stall every replica's batches for as long as the OS takes to notice. A lock
+# wait ends after 5 s (LockNotAvailable: retried, then UNAVAILABLE), Postgres ends a session idle
+# in a transaction after 30 s, and its TCP keepalives find a dead peer within about 25 s.
+SESSION_OPTIONS = (
+    "-c lock_timeout=5s -c idle_in_transaction_session_timeout=30s"
+    " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+)
+
 SERVICE = reservation_pb2.DESCRIPTOR.services_by_name["ReservationService"]
 SERVICE_NAME = SERVICE.full_name
 # psycopg_pool doubles its reconnect delay up to this long, then gives the attempt up and starts a
@@ -77,6 +86,7 @@ class ReservationServer:
             open=False,
             timeout=s.db_unavailable_after_s,
             reconnect_timeout=RECONNECT_GIVE_UP_S,
+            kwargs={"options": SESSION_OPTIONS},
         )
         await pool.open(wait=True, timeout=30)
         database = Database(pool, unavailable_after_s=s.db_unavailable_after_s)
