@@ -12,7 +12,10 @@ DELETE FROM reservations WHERE id IN (
       -- PAYMENT_TO_REFUND is not finished: it waits for its refund.
       AND r.status IN ('PAID', 'CANCELLED', 'EXPIRED', 'REFUNDED')
     LIMIT %(limit)s
-);
+)
+-- Again on the row deleted: a late payment may have turned an EXPIRED row into PAYMENT_TO_REFUND
+-- while this DELETE waited for its lock, and Postgres re-checks only the outer condition.
+AND status IN ('PAID', 'CANCELLED', 'EXPIRED', 'REFUNDED');
 
 -- name: purge_history
 -- History rows (migration 0006) past SLOTLOCK_KEEP_HISTORY_S, a batch per statement.
