@@ -132,28 +132,7 @@ async def watch_many(address: str, event_id: str, count: int) -> None:
     if finished[0] < count:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), 10)
-    latencies: list[float] = []
-    delivered = 0
-    for mine in seen:
-        position = 0
-        for k, changed_at in enumerate(times, start=1):
-            while position < len(mine) and mine[position][0] < k:
-                position += 1
-            if position == len(mine):
-                break
-            delivered += 1
-            latencies.append(round(max(0.0, mine[position][1] - changed_at) * 1000, 3))
-    print(
-        json.dumps(
-            {
-                "latencies_ms": latencies,
-                "delivered": delivered,
-                "failures": len(failures),
-                "failure_kinds": sorted(set(failures))[:5],
-            }
-        ),
-        flush=True,
-    )
+    report_deliveries(seen, times, failures)
     for task in tasks:
         task.cancel()
     for channel in channels:
@@ -260,6 +239,37 @@ class ReservationDriver:
 
 
 # -- the run ---------------------------------------------------------------------------------
+
+
+def report_deliveries(
+    seen: list[list[tuple[int, float]]], times: list[float], failures: list[str]
+) -> None:
+    """Print, as one JSON line, each receiver's latency for each change: change k (made at
+    ``times[k-1]``) reached a receiver when it first saw a pending count of k or more; ``seen``
+    holds each receiver's (pending, time seen) in order. Shared by the watcher and browser
+    client processes (bench fanout and bench sse)."""
+    latencies: list[float] = []
+    delivered = 0
+    for mine in seen:
+        position = 0
+        for k, changed_at in enumerate(times, start=1):
+            while position < len(mine) and mine[position][0] < k:
+                position += 1
+            if position == len(mine):
+                break
+            delivered += 1
+            latencies.append(round(max(0.0, mine[position][1] - changed_at) * 1000, 3))
+    print(
+        json.dumps(
+            {
+                "latencies_ms": latencies,
+                "delivered": delivered,
+                "failures": len(failures),
+                "failure_kinds": sorted(set(failures))[:5],
+            }
+        ),
+        flush=True,
+    )
 
 
 def percentile(ordered: list[float], q: float) -> float:

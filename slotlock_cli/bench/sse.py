@@ -33,7 +33,7 @@ import uuid
 from typing import Any
 
 from slotlock.feed import Feed
-from slotlock_cli.bench.fanout import percentile
+from slotlock_cli.bench.fanout import percentile, report_deliveries
 from slotlock_cli.bench.holds import BENCH_ENV
 from slotlock_cli.system import System
 
@@ -136,28 +136,7 @@ async def browse_many(host: str, port: int, event_id: str, count: int) -> None:
     if finished[0] < count:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), 20)
-    latencies: list[float] = []
-    delivered = 0
-    for mine in seen:
-        position = 0
-        for k, changed_at in enumerate(times, start=1):
-            while position < len(mine) and mine[position][0] < k:
-                position += 1
-            if position == len(mine):
-                break
-            delivered += 1
-            latencies.append(round(max(0.0, mine[position][1] - changed_at) * 1000, 3))
-    print(
-        json.dumps(
-            {
-                "latencies_ms": latencies,
-                "delivered": delivered,
-                "failures": len(failures),
-                "failure_kinds": sorted(set(failures))[:5],
-            }
-        ),
-        flush=True,
-    )
+    report_deliveries(seen, times, failures)
     for task in tasks:
         task.cancel()
 
