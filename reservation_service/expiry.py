@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -27,8 +28,6 @@ Sleep = Callable[[asyncio.Event, float], Awaitable[None]]
 
 class ExpiryStore(Protocol):
     async def expire_due_holds(self, limit: int) -> ExpiryPass: ...
-
-    async def seconds_until_next_expiry(self) -> float | None: ...
 
 
 async def sleep_until_woken(wake: asyncio.Event, timeout: float) -> None:
@@ -53,14 +52,20 @@ class Expirer:
         self._sleep = sleep
         self._wake = asyncio.Event()
         self._planned_wake = 0.0  # clock() of the next planned pass
+        self._noticed = math.inf  # earliest expires_at noticed since the running pass began
 
     def notice_expiry(self, expires_at: datetime) -> None:
-        """A hold due at ``expires_at`` was created: wake early if it is due before the plan."""
-        if expires_at.timestamp() < self._planned_wake:
+        """A hold due at ``expires_at`` was created: wake early if it is due before the plan
+        (or, while a pass runs, plan for it when the pass ends)."""
+        due = expires_at.timestamp()
+        self._noticed = min(self._noticed, due)
+        if due < self._planned_wake:
             self._wake.set()
 
     async def expire_now(self) -> ExpiryPass:
-        """One full pass (all due holds, in batches); the admin RPC and the loop both use it."""
+        """One full pass (all due holds, in batches); the admin RPC and the loop both use it.
+        Its ``next_lapse_s`` counts from when this call started (by ``clock``)."""
+        started = self._clock()
         released = 0
         checked: int | None = None
         while True:
@@ -68,15 +73,19 @@ class Expirer:
             released += step.released
             checked = step.checked if checked is None else checked
             if step.released < self._batch:
-                return ExpiryPass(released, max(checked, released))
+                next_lapse_s = step.next_lapse_s
+                if next_lapse_s is not None:  # the step's clock was read after ``started``
+                    next_lapse_s -= self._clock() - started
+                return ExpiryPass(released, max(checked, released), next_lapse_s)
 
     async def run(self) -> None:
         while True:
+            self._noticed = math.inf
             try:
                 result = await self.expire_now()
                 if result.released:
                     log.debug("expired %d holds", result.released)
-                until_next = await self._store.seconds_until_next_expiry()
+                until_next = result.next_lapse_s
             except Unavailable as error:
                 log.warning("expirer: %s", error)
                 until_next = 1.0
@@ -84,6 +93,8 @@ class Expirer:
                 log.exception("expirer: pass failed; retrying in 1 s")
                 until_next = 1.0
             delay = self._recheck_s if until_next is None else min(until_next, self._recheck_s)
+            # A hold made here while the pass ran (its notice found the old plan in the past).
+            delay = min(delay, self._noticed - self._clock())
             delay = max(delay, 0.0) + 0.002  # land just after the deadline, not just before
             self._planned_wake = self._clock() + delay
             self._wake.clear()

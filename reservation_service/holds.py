@@ -228,10 +228,13 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class ExpiryPass:
-    """What one expiry pass did: holds released, and how many were due when it started."""
+    """What one expiry pass did: holds released, and how many were due when it started;
+    ``next_lapse_s``: seconds from the pass's clock reading to the earliest PENDING hold it left
+    (None: none pending), so the expirer plans its next pass without another query."""
 
     released: int
     checked: int
+    next_lapse_s: float | None = None
 
 
 @dataclass(frozen=True)

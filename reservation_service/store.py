@@ -400,18 +400,20 @@ class ReservationStore:
 
     async def expire_due_holds(self, limit: int = 500) -> ExpiryPass:
         """Release up to ``limit`` PENDING holds past their expires_at. Safe with any number of
-        expirers at once: each due hold is claimed by one of them (SKIP LOCKED)."""
+        expirers at once: each due hold is claimed by one of them (SKIP LOCKED). Three round
+        trips (pipeline mode): the claim (with the pass's clock, the due count and the next
+        lapse), the event locks, then every write and COMMIT together."""
 
         async def work(cur: Cursor) -> tuple[ExpiryPass, list[Change]]:
-            await cur.execute(EXPIRY["count_due_holds"])
-            counted = await cur.fetchone()
-            assert counted is not None
-            checked = int(counted["due"])
-            now: datetime = counted["db_now"]
-            await cur.execute(EXPIRY["claim_due_holds"], {"limit": limit, "now": now})
-            claimed = [rows.reservation_from_row(row) for row in await cur.fetchall()]
+            await cur.execute(EXPIRY["claim_due_holds"], {"limit": limit})
+            found = await cur.fetchall()
+            now: datetime = found[0]["db_now"]
+            checked = int(found[0]["due"])
+            next_lapse: datetime | None = found[0]["next_lapse_at"]
+            next_lapse_s = None if next_lapse is None else (next_lapse - now).total_seconds()
+            claimed = [rows.reservation_from_row(row) for row in found if row["id"] is not None]
             if not claimed:
-                return ExpiryPass(0, checked), []
+                return ExpiryPass(0, checked, next_lapse_s), []
             event_ids = sorted({r.event_id for r in claimed})
             await cur.execute(EXPIRY["lock_events"], {"ids": event_ids})
             events = {str(row["id"]): rows.event_from_row(row) for row in await cur.fetchall()}
@@ -427,17 +429,9 @@ class ReservationStore:
                 HOLDS["update_event_counters"],
                 [rows.counter_params(e, now) for e in events.values()],
             )
-            return ExpiryPass(len(expired), max(checked, len(expired))), changes
+            return ExpiryPass(len(expired), max(checked, len(expired)), next_lapse_s), changes
 
-        return await self._write(work)
-
-    async def seconds_until_next_expiry(self) -> float | None:
-        async def work(cur: Cursor) -> float | None:
-            await cur.execute(EXPIRY["seconds_until_next_expiry"])
-            row = await cur.fetchone()
-            return None if row is None or row["seconds"] is None else float(row["seconds"])
-
-        return await self.db.run(work)
+        return await self._write(work, pipeline=True)
 
     # --- plumbing ------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import random
 import re
 import subprocess
 import tempfile
@@ -256,30 +257,56 @@ def make_holds(
 ) -> list[list[tuple[str, str]]]:
     """Holds to confirm or release, straight into the database (far faster than CreateHold),
     with their tokens minted from the service's secret; one list per client process."""
-    import psycopg
-
     from reservation_service.holds import HoldTokens
 
     count = max(20_000, int(args.seconds * 8_000))
     tokens = HoldTokens(system.hold_token_secret.encode())
     per_event = -(-count // len(events))
-    with psycopg.connect(system.database_url, autocommit=True) as conn:
+    found = insert_holds(system.database_url, events, per_event * len(events))
+    random.shuffle(found)
+    holds = [(hold_id, tokens.token_for(hold_id)) for hold_id, _ in found]
+    return [holds[n :: args.client_processes] for n in range(args.client_processes)]
+
+
+def insert_holds(
+    database_url: str,
+    events: list[str],
+    count: int,
+    *,
+    first_expiry: float | None = None,
+    spread_s: float = 0.0,
+) -> list[tuple[str, float]]:
+    """``count`` PENDING holds of one seat, straight into the database (far faster than
+    CreateHold), dealt round-robin over ``events``, whose pending counters and versions are raised
+    to match in the same transaction. Hold n expires at ``first_expiry`` (a Unix time; default: an
+    hour from now) + n * ``spread_s`` / ``count``. Returns (id, expires_at as Unix time) in n order.
+    """
+    import psycopg
+
+    start = time.time() + 3600 if first_expiry is None else first_expiry
+    with psycopg.connect(database_url, autocommit=True) as conn:
         found = conn.execute(
             "WITH new AS ("
             " INSERT INTO reservations (id, event_id, quantity, ticket_type, status, customer_ref,"
             "  created_at, updated_at, expires_at)"
-            " SELECT gen_random_uuid(), e, 1, 'DINNER', 'PENDING', 'bench', now(), now(),"
-            "  now() + interval '1 hour'"
-            " FROM unnest(%s::uuid[]) AS e, generate_series(1, %s) RETURNING id::text, event_id)"
-            " SELECT id FROM new ORDER BY random()",
-            (events, per_event),
+            " SELECT gen_random_uuid(), (%(events)s::uuid[])[1 + n %% %(k)s], 1, 'DINNER',"
+            "  'PENDING', 'bench', now(), now(),"
+            "  to_timestamp(%(start)s::float8 + n * %(gap)s::float8)"
+            " FROM generate_series(0, %(count)s - 1) AS n"
+            " RETURNING id::text, event_id, expires_at),"
+            " bump AS (UPDATE events AS e SET pending = e.pending + c.n, version = e.version + 1"
+            "  FROM (SELECT event_id, count(*)::int AS n FROM new GROUP BY event_id) AS c"
+            "  WHERE e.id = c.event_id)"
+            " SELECT id, extract(epoch FROM expires_at)::float8 FROM new ORDER BY expires_at, id",
+            {
+                "events": events,
+                "k": len(events),
+                "start": start,
+                "gap": spread_s / count if count else 0.0,
+                "count": count,
+            },
         ).fetchall()
-        conn.execute(
-            "UPDATE events SET pending = pending + %s, version = version + 1 WHERE id = ANY(%s)",
-            (per_event, events),
-        )
-    holds = [(row[0], tokens.token_for(row[0])) for row in found]
-    return [holds[n :: args.client_processes] for n in range(args.client_processes)]
+    return [(str(row[0]), float(row[1])) for row in found]
 
 
 def create_hot_event(system: System, code: str) -> str:

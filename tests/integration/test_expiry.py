@@ -220,9 +220,10 @@ async def test_expirer_keeps_up_while_holds_fall_due_continuously(
     assert expired == (HOLDS,)
 
 
-def test_due_count_binds_its_clock_and_uses_the_expiry_index(database_url: str) -> None:
+def test_claim_binds_its_clock_and_uses_the_expiry_index(database_url: str) -> None:
     """clock_timestamp() in a WHERE is volatile: the planner cannot bound an index scan with it
-    and reads every PENDING hold. The due-count query reads its clock once."""
+    and reads every PENDING hold. The expirer's one statement per pass (claim, due count, next
+    lapse) reads its clock once and uses the expiry index for all three."""
     from reservation_service.store import EXPIRY
 
     with psycopg.connect(database_url) as conn:
@@ -240,9 +241,43 @@ def test_due_count_binds_its_clock_and_uses_the_expiry_index(database_url: str) 
             " FROM events, generate_series(1, 5000) AS n"
         )
         conn.execute("ANALYZE reservations")
+        query = EXPIRY["claim_due_holds"]
         plan = "\n".join(
-            row[0] for row in conn.execute("EXPLAIN " + EXPIRY["count_due_holds"]).fetchall()
+            row[0] for row in conn.execute("EXPLAIN " + query, {"limit": 500}).fetchall()
         )
-        row = conn.execute(EXPIRY["count_due_holds"]).fetchone()
+        found = conn.cursor(row_factory=psycopg.rows.dict_row).execute(query, {"limit": 500})
+        rows = found.fetchall()
+        first = conn.execute(
+            "SELECT min(expires_at) FROM reservations WHERE status = 'PENDING'"
+        ).fetchone()
     assert "Index Cond" in plan and "Seq Scan" not in plan, plan
-    assert row is not None and row[0] == 0 and row[1] is not None
+    assert len(rows) == 1 and rows[0]["id"] is None  # nothing claimed: one row of pass facts
+    assert rows[0]["due"] == 0 and rows[0]["db_now"] is not None
+    assert first is not None and rows[0]["next_lapse_at"] == first[0]
+
+
+async def test_a_pass_skips_a_locked_hold_and_plans_to_come_back_for_it(
+    start_reservation: StartReservation, channels: list[grpc.aio.Channel], database_url: str
+) -> None:
+    """A due hold locked elsewhere (a confirmation in progress) is skipped, not waited for, and
+    the pass reports it as due (next lapse <= 0), so the expirer comes back for it at once rather
+    than at the next re-check; the next pass releases it and reports nothing pending."""
+    server = await start_reservation(hold_ttl_s=0.2, run_expirer=False)
+    assert server.store is not None
+    stub = stub_for(server, channels)
+    event = await stub.UpsertEvent(event_request("EXP-L1", capacity=10))
+    made = [
+        await stub.CreateHold(reservation_pb2.CreateHoldRequest(event_id=event.id, quantity=1))
+        for _ in range(3)
+    ]
+    await asyncio.sleep(0.3)
+    locked = made[0].reservation.id
+    with psycopg.connect(database_url) as other:
+        other.execute("SELECT 1 FROM reservations WHERE id = %s FOR UPDATE", (locked,))
+        first = await server.store.expire_due_holds(500)
+        other.rollback()
+    assert (first.released, first.checked) == (2, 3)
+    assert first.next_lapse_s is not None and first.next_lapse_s <= 0
+    second = await server.store.expire_due_holds(500)
+    assert (second.released, second.checked, second.next_lapse_s) == (1, 1, None)
+    assert (await stub.GetEvent(reservation_pb2.GetEventRequest(event_id=event.id))).pending == 0

@@ -284,16 +284,11 @@ class FakeStore:
             event, _, change = holds.expire_hold(event, lapsed, self.now)
             self._commit([change])
             changes.append(change)
-        return ExpiryPass(len(changes), len(due))
-
-    async def seconds_until_next_expiry(self) -> float | None:
-        await self._enter("seconds_until_next_expiry")
         pending = [
-            r.expires_at
-            for r in self.reservations.values()
-            if r.status is ReservationStatus.PENDING
+            r.lapses_at for r in self.reservations.values() if r.status is ReservationStatus.PENDING
         ]
-        return (min(pending) - self.now).total_seconds() if pending else None
+        next_lapse_s = (min(pending) - self.now).total_seconds() if pending else None
+        return ExpiryPass(len(changes), len(due), next_lapse_s)
 
     # --- helpers -------------------------------------------------------------------------------
 

@@ -7,12 +7,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import date, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
 from reservation_service.expiry import Expirer
-from reservation_service.holds import EventSpec, HoldPolicy, HoldRequest, Money, TicketType
+from reservation_service.holds import (
+    EventSpec,
+    ExpiryPass,
+    HoldPolicy,
+    HoldRequest,
+    Money,
+    TicketType,
+)
 from tests.unit.fake_store import START, FakeStore
 
 RECHECK_S = 60.0
@@ -146,3 +153,46 @@ async def test_expire_now_releases_every_due_hold_in_batches() -> None:
     result = await Expirer(store, batch=3).expire_now()
     assert (result.released, result.checked) == (7, 7)
     assert store.calls["expire_due_holds"] == 3  # 3 + 3 + 1
+
+
+async def test_a_hold_made_while_a_pass_runs_is_planned_for() -> None:
+    """The pass's query did not see a hold made meanwhile, and its notice found the previous plan
+    already past: the expirer still plans for it instead of sleeping until the re-check."""
+
+    class MidPass:
+        def __init__(self) -> None:
+            self.entered = asyncio.Event()
+            self.go_on = asyncio.Event()
+
+        async def expire_due_holds(self, limit: int) -> ExpiryPass:
+            self.entered.set()
+            await self.go_on.wait()
+            return ExpiryPass(0, 0, None)  # nothing pending, as the pass saw it
+
+    now = 1_000.0
+    store, sleeper = MidPass(), Sleeper()
+    expirer = Expirer(store, recheck_s=RECHECK_S, clock=lambda: now, sleep=sleeper)
+    task = asyncio.create_task(expirer.run())
+    try:
+        await asyncio.wait_for(store.entered.wait(), timeout=1.0)
+        expirer.notice_expiry(datetime.fromtimestamp(now + 3, UTC))
+        store.go_on.set()
+        assert await sleeper.next_nap() == pytest.approx(3.0, abs=0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_next_pass_is_planned_from_the_pass_and_counts_its_own_time() -> None:
+    """The pass reports the next lapse from its own clock reading; the time the pass took is
+    taken off, so the expirer lands on the deadline, not that much after it."""
+    clock = [1_000.0]
+
+    class Slow:
+        async def expire_due_holds(self, limit: int) -> ExpiryPass:
+            clock[0] += 0.5  # the pass took 0.5 s after it read its clock
+            return ExpiryPass(0, 0, 4.0)
+
+    result = await Expirer(Slow(), clock=lambda: clock[0]).expire_now()
+    assert result.next_lapse_s == pytest.approx(3.5)
