@@ -1,55 +1,28 @@
 """``python -m availability_service`` / ``slotlock-availability``: read settings, serve until
-SIGTERM or SIGINT, then shut down cleanly."""
+SIGTERM or SIGINT, then shut down cleanly.
+
+With SLOTLOCK_WORKERS=N the replica is N processes sharing the port (``slotlock.workers``, as the
+reservation service does). Writing an update to thousands of watch streams is gRPC's work, one
+stream after the other in one event loop; N processes each write to the watchers the kernel gave
+them, in parallel. Each worker follows the feed itself (its own ordered consumer) and keeps its
+own view, so each costs the memory of one replica.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import logging
 import os
-import signal
-import sys
 
-from availability_service.server import AvailabilityServer
+from availability_service.server import run_one
 from availability_service.settings import Settings
-from slotlock import logs, metrics, tracing
 from slotlock import settings as slotlock_settings
-from slotlock.process_title import set_title
-
-
-async def serve(settings: Settings) -> None:
-    server = await AvailabilityServer(settings).start()
-    set_title("slotlock-availability", server.port)
-
-    async def freeze_when_ready() -> None:
-        # The rebuilt view is long-lived: keep the collector from re-scanning it on every pass
-        # (a process-wide choice, hence here and not in the server tests also run in-process).
-        await server.view.wait_ready()
-        gc.freeze()
-
-    freezer = asyncio.create_task(freeze_when_ready())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logging.getLogger(__name__).info("draining: NOT_SERVING, then calls in flight finish")
-    freezer.cancel()
-    await server.drain()
+from slotlock import workers
 
 
 def main() -> None:
     settings = slotlock_settings.load("slotlock-availability", Settings.from_env, os.environ)
-    logs.configure(settings.log_level, settings.telemetry.log_format)
-    tracing.configure(settings.telemetry.otel_exporter, "slotlock-availability")
-    try:
-        metrics.serve(settings.host, settings.telemetry.metrics_port)
-        asyncio.run(serve(settings))
-    except OSError as error:  # a port taken, most often: one line, not a traceback
-        print(f"slotlock-availability: cannot start: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        tracing.shutdown()  # send the spans still buffered
+    if settings.workers > 1:
+        raise SystemExit(workers.run_workers("slotlock-availability", settings, run_one))
+    run_one(settings)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import signal
+import sys
 import time
 
 from grpc_health.v1 import health
@@ -21,9 +24,10 @@ from availability_service import servicer
 from availability_service.consumer import FeedConsumer
 from availability_service.settings import Settings
 from availability_service.view import AvailabilityView
-from slotlock import metrics, reflection
+from slotlock import logs, metrics, reflection, tracing
 from slotlock.grpc_server import add_port, create_server
 from slotlock.health import Health
+from slotlock.process_title import set_title
 from slotlock.v1 import availability_pb2
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,8 @@ class AvailabilityServer:
             settings.nats_url, settings.feed, self.view, heartbeat_s=heartbeat_s
         )
         self.health = Health(SERVICE_NAME)
-        self.server = create_server(settings.security)
+        # Workers of one replica share its port; anything else on it must fail to start.
+        self.server = create_server(settings.security, reuse_port=settings.workers > 1)
         self.port = 0
         self._ready_task: asyncio.Task[None] | None = None
 
@@ -131,3 +136,40 @@ class AvailabilityServer:
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+
+async def serve(settings: Settings, worker: str = "") -> None:
+    server = await AvailabilityServer(settings).start()
+    set_title("slotlock-availability", server.port, worker)
+
+    async def freeze_when_ready() -> None:
+        # The rebuilt view is long-lived: keep the collector from re-scanning it on every pass
+        # (a process-wide choice, hence here and not in the server tests also run in-process).
+        await server.view.wait_ready()
+        gc.freeze()
+
+    freezer = asyncio.create_task(freeze_when_ready())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining: NOT_SERVING, then calls in flight finish")
+    freezer.cancel()
+    await server.drain()
+
+
+def run_one(settings: Settings, worker: str = "") -> None:
+    """One process of the replica (all of it with one worker) until SIGTERM or SIGINT."""
+    logs.configure(settings.log_level, settings.telemetry.log_format)
+    tracing.configure(settings.telemetry.otel_exporter, "slotlock-availability")
+    try:
+        metrics.serve(settings.host, settings.telemetry.metrics_port)
+        asyncio.run(serve(settings, worker))
+    except KeyboardInterrupt:
+        pass
+    except OSError as error:  # a port taken, most often: one line, not a traceback
+        print(f"slotlock-availability: cannot start: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        tracing.shutdown()  # send the spans still buffered

@@ -23,7 +23,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50052  # 0 = pick a free port (logged)
     badge_policy: BadgePolicy = field(default_factory=BadgePolicy)
-    max_watchers: int = 10_000
+    max_watchers: int = 10_000  # per worker process
+    # Processes of this replica sharing its port (SO_REUSEPORT; ``slotlock.workers``): each
+    # follows the feed itself, keeps its own view and serves the watchers the kernel gives it.
+    workers: int = 1
     # Health (README, "Health, drain and outages"): NOT_SERVING while disconnected from NATS or
     # more than max_feed_lag_s behind the feed; on SIGTERM, NOT_SERVING for drain_delay_s, then
     # watch streams end (UNAVAILABLE) and unary calls in flight get shutdown_grace_s.
@@ -59,6 +62,7 @@ class Settings:
                 ),
             ),
             max_watchers=read.integer("SLOTLOCK_MAX_WATCHERS", cls.max_watchers, minimum=1),
+            workers=read.integer("SLOTLOCK_WORKERS", cls.workers, minimum=1, maximum=64),
             max_feed_lag_s=read.number(
                 "SLOTLOCK_MAX_FEED_LAG_S", cls.max_feed_lag_s, minimum=0.5, maximum=3600
             ),
@@ -71,4 +75,13 @@ class Settings:
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", cls.log_level),
             telemetry=read_telemetry(read, "SLOTLOCK_AVAILABILITY_METRICS_PORT"),
             security=ServerSecurity.read(read),
-        )
+        ).checked()
+
+    def checked(self) -> Settings:
+        """Checks across fields."""
+        if self.workers > 1 and self.port == 0:
+            raise SettingsError(
+                "SLOTLOCK_WORKERS must be 1 when SLOTLOCK_AVAILABILITY_PORT is 0, "
+                f"not {str(self.workers)!r} (the workers share one fixed port)"
+            )
+        return self

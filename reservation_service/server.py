@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import signal
 import sys
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import grpc
 import psycopg
@@ -31,8 +29,8 @@ from reservation_service.outbox import OutboxRelay
 from reservation_service.servicer import ReservationServicer
 from reservation_service.settings import Settings
 from reservation_service.store import ReservationStore
-from slotlock import deadlines, logs, metrics, reflection, tracing
-from slotlock.grpc_server import add_port, claim_port, create_server
+from slotlock import deadlines, logs, metrics, reflection, tracing, workers
+from slotlock.grpc_server import add_port, create_server
 from slotlock.health import Health
 from slotlock.process_title import set_title
 from slotlock.settings import SettingsError
@@ -189,56 +187,6 @@ def run_one(settings: Settings, worker: str = "") -> None:
 
 
 def run_workers(settings: Settings) -> int:
-    """Start the workers, stop them all on SIGTERM/SIGINT or when one dies; the exit code says
-    whether every worker ended cleanly."""
-    try:  # the workers share the port with SO_REUSEPORT: no other replica may join them
-        claim = claim_port(settings.host, settings.port)
-    except OSError as error:
-        print(f"slotlock-reservation: cannot start: {error}", file=sys.stderr)
-        return 1
-    set_title("slotlock-reservation", settings.port, f"{settings.workers} workers")
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(
-            target=_worker,
-            args=(_worker_settings(settings, n), f"worker {n + 1}/{settings.workers}"),
-            name=f"reservation-worker-{n}",
-        )
-        for n in range(settings.workers)
-    ]
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for worker in workers:
-        worker.start()
-    while not stopping and all(worker.is_alive() for worker in workers):
-        time.sleep(0.2)
-    for worker in workers:
-        if worker.is_alive():
-            worker.terminate()
-    for worker in workers:  # each drains: NOT_SERVING, then its calls in flight finish
-        worker.join(settings.drain_delay_s + settings.shutdown_grace_s + 10)
-    claim.close()
-    return 0 if stopping and all(w.exitcode in (0, -signal.SIGTERM) for w in workers) else 1
-
-
-def _worker_settings(settings: Settings, n: int) -> Settings:
-    """Worker ``n`` serves its own metrics on the metrics port + n (each process counts its
-    own calls; Prometheus adds them up)."""
-    port = settings.telemetry.metrics_port
-    if not port:
-        return settings
-    return replace(settings, telemetry=replace(settings.telemetry, metrics_port=port + n))
-
-
-def _worker(settings: Settings, title: str) -> None:
-    if sys.platform == "linux":  # a worker never outlives its parent
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    run_one(settings, title)
+    """``SLOTLOCK_WORKERS`` processes sharing the port (``slotlock.workers``, shared with the
+    availability service); the exit code says whether every worker ended cleanly."""
+    return workers.run_workers("slotlock-reservation", settings, run_one)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 
 from slotlock.feed import Feed
@@ -22,7 +23,7 @@ from slotlock.v1 import (
     reservation_pb2_grpc,
 )
 from slotlock_cli import builders
-from slotlock_cli.devstack import DevStack
+from slotlock_cli.devstack import DevStack, free_port
 from slotlock_cli.system import System
 
 HOLD_TTL_S = 1.5
@@ -105,10 +106,16 @@ def upsert_event(stub: reservation_pb2_grpc.ReservationServiceStub, capacity: in
     return stub.UpsertEvent(request, timeout=10)
 
 
-def wait_known(stub: availability_pb2_grpc.AvailabilityServiceStub, event_id: str) -> None:
+def wait_known(
+    stub: availability_pb2_grpc.AvailabilityServiceStub, event_id: str, *, starting: bool = False
+) -> None:
     """A new event reaches the availability view through the feed a moment after UpsertEvent
-    returns; until then watching it by id is NOT_FOUND (by design, see the servicer)."""
-    deadline = time.monotonic() + 5
+    returns; until then watching it by id is NOT_FOUND (by design, see the servicer). With
+    ``starting``, a view still being rebuilt (UNAVAILABLE, NOT_READY) is waited for too."""
+    waiting = {grpc.StatusCode.NOT_FOUND}
+    if starting:
+        waiting.add(grpc.StatusCode.UNAVAILABLE)
+    deadline = time.monotonic() + 10
     while True:
         try:
             stub.GetEventAvailability(
@@ -116,7 +123,7 @@ def wait_known(stub: availability_pb2_grpc.AvailabilityServiceStub, event_id: st
             )
             return
         except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.NOT_FOUND, error
+            assert error.code() in waiting, error
             assert time.monotonic() < deadline, "the event never reached the availability view"
             time.sleep(0.02)
 
@@ -285,3 +292,76 @@ def test_two_replicas_agree(system: System) -> None:
         time.sleep(0.05)
     assert one == two
     assert (one.paid, one.pending) == (after.paid, after.pending)
+
+
+def worker_processes(system: System, name: str, count: int) -> list[psutil.Process]:
+    """The worker processes of replica ``name`` (titled ``slotlock-availability worker i/N``),
+    once all ``count`` have named themselves."""
+    root = psutil.Process(system.service(name).process.pid)
+    deadline = time.monotonic() + 10
+    while True:
+        workers = [child for child in root.children() if "worker" in " ".join(child.cmdline())]
+        if len(workers) == count:
+            return workers
+        assert time.monotonic() < deadline, [child.cmdline() for child in root.children()]
+        time.sleep(0.05)
+
+
+def watchers_per_worker(workers: list[psutil.Process], port: int) -> list[int]:
+    """Client connections each worker holds on the shared port (each test connection carries
+    one watch stream)."""
+    return [
+        sum(
+            1
+            for connection in worker.net_connections("tcp")
+            if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == port
+        )
+        for worker in workers
+    ]
+
+
+def watch_when_ready(system: System, name: str, event_id: str) -> Watch:
+    """A watch stream on a new connection (the kernel gives it to one of the workers), opened
+    once that worker's view knows the event."""
+    stub = availability_stub(system, name)
+    wait_known(stub, event_id, starting=True)
+    watch = Watch(stub, event_id)
+    watch.wait_for(lambda m: True, within=5)  # the current state first
+    return watch
+
+
+def test_two_workers_share_the_port_and_each_sends_changes_to_its_watchers(
+    system: System,
+) -> None:
+    """With SLOTLOCK_WORKERS=2 the replica is two processes on one port; each follows the feed
+    itself, so the watchers the kernel gave to either see every change."""
+    port = free_port()  # the workers share a fixed port
+    replica = system.add_service("availability", port=port, env={"SLOTLOCK_WORKERS": "2"})
+    system.start_service(replica)
+    workers = worker_processes(system, replica, 2)
+    titles = sorted(" ".join(worker.cmdline()).strip() for worker in workers)
+    assert titles == [
+        f"slotlock-availability worker 1/2 :{port}",
+        f"slotlock-availability worker 2/2 :{port}",
+    ]
+    reservations = reservation_stub(system)
+    event = upsert_event(reservations, capacity=100)
+    watches: list[Watch] = []
+    try:
+        # New connections until each worker holds some (the kernel spreads them by a hash).
+        while min(watchers_per_worker(workers, port)) == 0:
+            assert len(watches) < 40, watchers_per_worker(workers, port)
+            watches.append(watch_when_ready(system, replica, event.id))
+        spread = watchers_per_worker(workers, port)
+        assert sum(spread) == len(watches) and min(spread) >= 1
+
+        hold(reservations, event.id, 3)
+        for watch in watches:
+            seen = watch.wait_for(lambda m: m.pending == 3, within=5)
+            assert seen.available == 97
+        hold(reservations, event.id, 4)
+        for watch in watches:
+            watch.wait_for(lambda m: m.pending == 7, within=5)
+    finally:
+        for watch in watches:
+            watch.close()

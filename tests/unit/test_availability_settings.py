@@ -55,3 +55,16 @@ def test_values_are_read() -> None:
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_workers_share_a_fixed_port() -> None:
+    base = dict(SECURE_ENV)
+    settings = Settings.from_env(
+        {**base, "SLOTLOCK_WORKERS": "2", "SLOTLOCK_AVAILABILITY_PORT": "50052"}
+    )
+    assert settings.workers == 2
+    assert Settings.from_env(base).workers == 1
+    with pytest.raises(SettingsError, match="SLOTLOCK_WORKERS must be 1"):
+        Settings.from_env({**base, "SLOTLOCK_WORKERS": "2", "SLOTLOCK_AVAILABILITY_PORT": "0"})
+    with pytest.raises(SettingsError, match="SLOTLOCK_WORKERS"):
+        Settings.from_env({**base, "SLOTLOCK_WORKERS": "0"})
