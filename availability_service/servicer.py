@@ -6,8 +6,6 @@ of categories to status codes for every RPC, never UNKNOWN.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 from google.protobuf import message_factory
 
@@ -54,17 +52,22 @@ class AvailabilityServicer:
         self,
         request: availability_pb2.WatchAvailabilityRequest,
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[bytes]:
+    ) -> None:
+        """Writes with ``context.write`` rather than yielding: a coroutine handler is wrapped by
+        the interceptors once per call (``slotlock.grpc_errors``, ``slotlock.auth``), where an
+        async generator would pass every message up through each wrapper's generator, a cost
+        paid once per watcher per change."""
         event_ids = [parse_uuid(raw, "event_ids entry") for raw in request.event_ids]
         known = {
             parse_uuid(raw, "known_versions key"): version
             for raw, version in request.known_versions.items()
         }
         watcher = self.view.watch(event_ids or None, known)
+        write = context.write
         try:
             while True:
                 for update in await watcher.next_batch():
-                    yield update.payload
+                    await write(update.payload)
         finally:
             self.view.unwatch(watcher)
 
