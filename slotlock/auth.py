@@ -22,7 +22,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -316,15 +316,8 @@ class AuthInterceptor(grpc_errors.WrappingInterceptor):
                 "SLOTLOCK_INSECURE_NO_AUTH is set: a caller without credentials may do everything"
             )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method
-        if not self._reflection and method.startswith(REFLECTION_SERVICES):
-            return None  # UNIMPLEMENTED, as if it were not there
-        return await super().intercept_service(continuation, handler_call_details)
+    def hides(self, method: str) -> bool:
+        return not self._reflection and method.startswith(REFLECTION_SERVICES)
 
     def wraps(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
         return not method.startswith(OPEN_SERVICES)
@@ -336,7 +329,8 @@ class AuthInterceptor(grpc_errors.WrappingInterceptor):
         self, method: str, roles: frozenset[str], metadata: Sequence[tuple[str, Any]], peer: Any
     ) -> Caller:
         """The caller of one call, if it may call ``method``; else ``Unauthenticated`` or
-        ``PermissionDenied``. ``peer`` is the call's TLS auth context (a dict)."""
+        ``PermissionDenied``. ``peer`` is the call's TLS auth context (a dict), or the call's
+        context to read it from only when needed (a call with a bearer token does not)."""
         caller = self.authenticate(metadata, peer)
         if not roles & caller.roles:
             needs = " or ".join(sorted(roles)) if roles else "a role no caller has"
@@ -362,6 +356,10 @@ class AuthInterceptor(grpc_errors.WrappingInterceptor):
         raise errors.Unauthenticated(NO_CREDENTIALS)
 
     def _certificate_caller(self, peer: Any) -> Caller | None:
+        if not self._cert_roles and self._settings.insecure_no_auth:
+            return None  # no certificate could name a caller (read below, it is no small cost)
+        if peer is not None and not isinstance(peer, dict):
+            peer = _peer(peer)  # the call's context: its auth context, read only now
         if not isinstance(peer, dict):
             return None
         names = [
@@ -385,7 +383,7 @@ class AuthInterceptor(grpc_errors.WrappingInterceptor):
         async def admitted(context: Context) -> None:
             # A refusal is raised, not aborted here: the error interceptor outside this one
             # answers it (status, details, request id) and counts and logs it like any call.
-            caller = self.admit(method, roles, context.invocation_metadata() or (), _peer(context))
+            caller = self.admit(method, roles, context.invocation_metadata() or (), context)
             _CALLER.set(caller)
 
         kind, behaviour = _behaviour_of(handler)

@@ -105,8 +105,10 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # 
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        if self.hides(method):
+            return None
+        handler = await continuation(handler_call_details)
         if handler is None or not self.wraps(handler, method):
             return handler
         cached = self._wrapped.get(method)
@@ -116,11 +118,37 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # 
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
+    def hides(self, method: str) -> bool:
+        """True: answer UNIMPLEMENTED, as if ``method`` were not there."""
+        return False
+
     def wraps(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
         return not handler.request_streaming
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         raise NotImplementedError
+
+
+class InterceptorChain(WrappingInterceptor):
+    """Several wrapping interceptors, outermost first, installed as one: grpc.aio runs each
+    interceptor of a server as a coroutine with a continuation on every call; composed here, a
+    method's handler is wrapped by all of them once, cached, and a call costs one look-up."""
+
+    def __init__(self, *interceptors: WrappingInterceptor) -> None:
+        super().__init__()
+        self._chain = interceptors
+
+    def hides(self, method: str) -> bool:
+        return any(interceptor.hides(method) for interceptor in self._chain)
+
+    def wraps(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
+        return True  # each of the chain decides for itself in ``wrap``
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        for interceptor in reversed(self._chain):  # the innermost wraps the handler first
+            if interceptor.wraps(handler, method):
+                handler = interceptor.wrap(handler, method)
+        return handler
 
 
 class ErrorInterceptor(WrappingInterceptor):
@@ -305,8 +333,9 @@ class _Call:
         self.request_id = _request_id_of(metadata)
         self._token = logs.request_id.set(self.request_id)
         self.context.set_trailing_metadata(((REQUEST_ID, self.request_id),))
-        self._span_scope = tracing.rpc_span(self.method.full_name, metadata)
-        self._span = self._span_scope.__enter__()
+        if tracing.enabled():  # no span machinery per call with tracing off
+            self._span_scope = tracing.rpc_span(self.method.full_name, metadata)
+            self._span = self._span_scope.__enter__()
         self.method.started()
         self._started = time.perf_counter()
         return self
@@ -325,7 +354,8 @@ class _Call:
                 self._log_failure(code, seconds)
             tracing.end_rpc_span(self._span, code, self.message)
         finally:
-            self._span_scope.__exit__(None, None, None)
+            if self._span_scope is not None:
+                self._span_scope.__exit__(None, None, None)
             # A watch stream closed by the garbage collector ends in another task's context;
             # that context is going away, so there is nothing to restore.
             with contextlib.suppress(ValueError):

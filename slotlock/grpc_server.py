@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from slotlock.auth import AuthInterceptor, AuthSettings
-from slotlock.grpc_errors import ErrorInterceptor, RequestCheckInterceptor
+from slotlock.grpc_errors import ErrorInterceptor, InterceptorChain, RequestCheckInterceptor
 from slotlock.settings import Reader, SettingsError
 from slotlock.tls import ServerTLS
 
@@ -81,9 +81,11 @@ def create_server(security: ServerSecurity, *, reuse_port: bool = False) -> grpc
     return grpc.aio.server(
         options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(reuse_port))],
         interceptors=[
-            ErrorInterceptor(),
-            AuthInterceptor(security.auth, reflection=security.reflection),
-            RequestCheckInterceptor(),
+            InterceptorChain(
+                ErrorInterceptor(),
+                AuthInterceptor(security.auth, reflection=security.reflection),
+                RequestCheckInterceptor(),
+            )
         ],
     )
 
