@@ -71,6 +71,9 @@ class EventOverrides:
     max_hold_lifetime_s: int | None = None
 
 
+NO_OVERRIDES = EventOverrides()
+
+
 @dataclass(frozen=True)
 class Event:
     id: str
@@ -88,7 +91,7 @@ class Event:
     paid: int = 0
     pending: int = 0
     version: int = 1
-    overrides: EventOverrides = EventOverrides()
+    overrides: EventOverrides = NO_OVERRIDES
     # When its first PENDING hold lapses; read by GetEvent only (None elsewhere).
     next_hold_lapses_at: datetime | None = None
 
@@ -120,7 +123,7 @@ class EventSpec:
     experience_only_enabled: bool
     dinner_price: Money
     experience_only_price: Money
-    overrides: EventOverrides = EventOverrides()
+    overrides: EventOverrides = NO_OVERRIDES
 
     @property
     def starts_at(self) -> datetime:
@@ -252,6 +255,8 @@ class HoldPolicy:
 
     def for_event(self, event: Event) -> HoldPolicy:
         o = event.overrides
+        if o is NO_OVERRIDES or o == NO_OVERRIDES:  # most events: no copy per hold
+            return self
         return replace(
             self,
             ttl=timedelta(seconds=o.hold_ttl_s) if o.hold_ttl_s else self.ttl,
