@@ -4,6 +4,7 @@ the gateway keeps no state besides the availability fan-out cache."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -28,9 +29,18 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from gateway import payloads, security
-from gateway.fanout import AvailabilityFanout, TooManyWatchers
+from gateway.fanout import (
+    RETRY,
+    AvailabilityFanout,
+    Browser,
+    Sink,
+    SlotSink,
+    TooManyWatchers,
+    TransportSink,
+)
 from gateway.settings import Settings
 from slotlock import client
 from slotlock.v1 import availability_pb2, catalog_pb2, reservation_pb2
@@ -142,6 +152,72 @@ def is_listed(event: dict[str, Any], now: datetime) -> bool:
     return starts_at is None or datetime.fromisoformat(starts_at) >= now
 
 
+# Where ``GatewayApp`` leaves the server's own ASGI ``send`` in the scope: under uvicorn it is a
+# method of the connection's request cycle, whose transport the SSE writer writes to directly.
+RAW_SEND = "slotlock.raw_send"
+
+
+def server_transport(send: object) -> asyncio.WriteTransport | None:
+    """The connection's transport behind uvicorn's ``send`` (its request cycle keeps it as
+    ``transport``); None under any other server, which then gets the plain ASGI path."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    return transport if isinstance(transport, asyncio.WriteTransport) else None
+
+
+class EventStream(Response):
+    """A browser's Server-Sent Events response. The status line and headers go out through
+    the middleware (security headers and all); then, under uvicorn, the fan-out's writer
+    writes the frames to the connection itself while this waits for the browser to leave.
+    Elsewhere the frames go through ``send`` one write at a time."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, fanout: AvailabilityFanout, browser: Browser) -> None:
+        super().__init__(
+            status_code=200, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        # No Content-Length: the server frames the body as chunks (HTTP/1.1) or ends it by
+        # closing (HTTP/1.0).
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.fanout = fanout
+        self.browser = browser
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        browser, fanout = self.browser, self.fanout
+        try:
+            if isinstance(browser.sink, TransportSink):
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+                await send({"type": "http.response.body", "body": RETRY, "more_body": True})
+                fanout.start_browser(browser)
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                assert isinstance(browser.sink, SlotSink)
+                streaming = StreamingResponse(
+                    self._writes(browser.sink), headers=dict(self.headers)
+                )
+                await streaming(scope, receive, send)
+        finally:
+            fanout.unsubscribe(browser)
+
+    async def _writes(self, sink: SlotSink) -> AsyncIterator[bytes]:
+        yield RETRY
+        self.fanout.start_browser(self.browser)
+        async for data in sink.writes():
+            yield data
+
+
+class GatewayApp(Starlette):
+    """Starlette, leaving the server's own ``send`` in the scope for ``Gateway.stream``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 class Gateway:
     """The channels and the fan-out of one app instance; its methods are the routes."""
 
@@ -214,27 +290,19 @@ class Gateway:
         )
 
     async def stream(self, request: Request) -> Response:
+        """Server-Sent Events: the feed status, every event's state, then every change."""
+        raw_send = request.scope.get(RAW_SEND)
+        transport = server_transport(raw_send) if request.method == "GET" else None
+        sink: Sink
+        if transport is not None:
+            sink = TransportSink(transport, chunked=request.scope.get("http_version") == "1.1")
+        else:
+            sink = SlotSink()
         try:
-            watcher = self.fanout.subscribe()
+            browser = self.fanout.subscribe(sink)
         except TooManyWatchers as error:
             return error_response(503, "UNAVAILABLE", str(error))
-        keepalive = self.settings.sse_keepalive_s
-
-        async def frames() -> AsyncIterator[bytes]:
-            try:
-                # Tell EventSource to come back quickly if the gateway restarts.
-                yield b"retry: 1000\n\n"
-                while not watcher.closed:
-                    for chunk in await watcher.next_writes(keepalive):
-                        yield chunk
-            finally:
-                self.fanout.unsubscribe(watcher)
-
-        return StreamingResponse(
-            frames(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return EventStream(self.fanout, browser)
 
     def _set_hold_cookie(
         self, response: Response, reservation_id: str, token: str, ttl: float
@@ -421,7 +489,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/holds/{reservation_id}/cancel", gateway.cancel_hold, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(
+    app = GatewayApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: internal_error},

@@ -1,13 +1,22 @@
-"""One WatchAvailability stream per gateway process, fanned out to every browser.
+"""One WatchAvailability stream per gateway process, written to every browser by one loop.
 
-The gateway keeps the latest Server-Sent Events frame of each event (serialized and encoded once,
-shared by all browsers) and each browser gets a ``slotlock.conflation.Mailbox`` of frames: the
-newest per event plus the newest feed status, and a wake-up. A new browser is primed with one
-pre-encoded snapshot of every event (built once per change of the catalog's state, shared by
-every browser that arrives meanwhile), not a slot per event: an idle browser costs a few KB, not
-one dict entry per event plus a copy of every frame in its first write. A slow browser therefore
-only ever receives the newest state of each event; memory per browser is bounded by the number of
-events, never by the number of updates, and no browser can hold up the feed. The watch itself is
+The gateway keeps the latest Server-Sent Events frame of each event, serialized and encoded once,
+in the order the events last changed, each stamped with a sequence number that rises by one per
+change (the feed's status is one more slot). A browser is only a cursor: the sequence number of
+the last change written to it. One writer task sweeps the browsers behind the feed and writes to
+each, in one write, the latest frame of every event changed after its cursor (status first). A
+browser that falls behind therefore only ever receives the newest state of each event; the bytes
+for a cursor are built once and shared by every browser at that cursor (after an update that is
+nearly all of them, and a new browser, at cursor 0, gets the one shared snapshot of the whole
+catalog). No task, queue or frame is kept per browser, so an idle browser costs a few KB and an
+update costs one ``write`` per browser, not a task wake-up and a trip through the ASGI stack.
+
+Under uvicorn the writer writes to the connection's transport itself (with HTTP/1.1 chunked
+framing; the response's status line and headers go through the app's middleware as usual). A
+browser whose socket has not taken its previous write is skipped and tried again shortly:
+whatever changes meanwhile is conflated, so a slow browser holds at most one write in the gateway
+and delays no one. Under another ASGI server (and in-process tests) each browser gets a
+one-write slot its response drains through the ordinary ASGI ``send``. The watch itself is
 ``slotlock.client``'s resumable one: when the availability service goes away it is retried with
 backoff, resuming with the versions already seen, and browsers are told the feed is paused.
 """
@@ -18,12 +27,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import payloads
 from gateway.settings import Settings
 from slotlock import client, metrics
-from slotlock.conflation import Mailbox, is_newer
+from slotlock.conflation import is_newer
 from slotlock.v1 import availability_pb2
 
 if TYPE_CHECKING:  # the typed async stub exists only in the generated .pyi
@@ -32,49 +42,114 @@ if TYPE_CHECKING:  # the typed async stub exists only in the generated .pyi
 log = logging.getLogger(__name__)
 
 STATUS_SLOT = ""  # never an event id
-SNAPSHOT_SLOT = "*"  # never an event id either: the state of every event when a browser arrived
 KEEPALIVE = b": keepalive\n\n"
-# A frame this large (the snapshot of a big catalog) is written as the shared object itself, never
-# joined into a per-browser copy.
-SHARED_FRAME_BYTES = 16 * 1024
+RETRY = b"retry: 1000\n\n"  # tells EventSource to come back quickly if the gateway restarts
+# A browser whose socket still held its previous write is tried again this soon.
+RETRY_BUSY_S = 0.05
+# Browsers written between two turns of the event loop during a sweep: a sweep over 10,000
+# browsers takes about 100 ms, which requests and the watch should not wait for.
+YIELD_EVERY = 500
+NOT_STARTED = -1  # a browser's cursor until its response headers are out
 
 
 def sse_frame(event: str, data: dict[str, Any]) -> bytes:
-    """One SSE frame, encoded: the same bytes object goes to every browser (Starlette sends
-    bytes as they are; a str would be encoded again for each browser)."""
+    """One SSE frame, encoded once for every browser."""
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (what the server would frame it as)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 class TooManyWatchers(Exception):
     """The gateway already streams to as many browsers as it is configured for."""
 
 
-class Watcher(Mailbox[str, bytes]):
-    """One browser's pending frames: the newest per event, plus the newest feed status. No
-    version check here: ``AvailabilityFanout.apply`` has already kept only newer states."""
+class Sink(Protocol):
+    """Where a browser's bytes go. ``write`` never blocks: False means the previous write is
+    still on its way (the browser is tried again later, with whatever is newest by then)."""
 
-    __slots__ = ()
+    chunked: bool  # the bytes must be framed as HTTP/1.1 chunks
 
-    async def next_frames(self, idle_s: float) -> list[bytes]:
-        """The frames waiting now (status first), or [] after ``idle_s`` s of quiet."""
-        await self.wait(idle_s)
-        status = self.pop(STATUS_SLOT)
-        return ([status] if status else []) + self.take()
+    def write(self, data: bytes) -> bool: ...
 
-    async def next_writes(self, idle_s: float) -> list[bytes]:
-        """What to write to the browser next: small frames joined into one write, a large one
-        (a big catalog's snapshot) as the shared object itself, never copied per browser; a
-        keep-alive comment after ``idle_s`` s of quiet."""
-        frames = await self.next_frames(idle_s)
-        if not frames:
-            return [KEEPALIVE]
-        if len(frames) == 1 or any(len(frame) > SHARED_FRAME_BYTES for frame in frames):
-            return frames
-        return [b"".join(frames)]
+    def close(self) -> None: ...
+
+
+class TransportSink:
+    """The connection's own transport (uvicorn): bytes go straight to the socket."""
+
+    __slots__ = ("_transport", "chunked")
+
+    def __init__(self, transport: asyncio.WriteTransport, *, chunked: bool) -> None:
+        self._transport = transport
+        self.chunked = chunked
+
+    def write(self, data: bytes) -> bool:
+        transport = self._transport
+        if transport.is_closing():
+            return True  # gone: its response notices the disconnect and unsubscribes
+        if transport.get_write_buffer_size():
+            return False
+        transport.write(data)
+        return True
+
+    def close(self) -> None:
+        """End the stream (the gateway is stopping): the response sees a disconnect."""
+        if not self._transport.is_closing():
+            if self.chunked:
+                self._transport.write(b"0\r\n\r\n")
+            self._transport.close()
+
+
+class SlotSink:
+    """One pending write, drained by the browser's response through ASGI ``send``."""
+
+    __slots__ = ("_closed", "_pending", "_wake")
+    chunked = False
+
+    def __init__(self) -> None:
+        self._pending: bytes | None = None
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def write(self, data: bytes) -> bool:
+        if self._pending is not None:
+            return False
+        self._pending = data
+        self._wake.set()
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    async def writes(self) -> AsyncIterator[bytes]:
+        """Each write, as the writer makes it; ends once closed and drained."""
+        while True:
+            if self._pending is not None:
+                data, self._pending = self._pending, None
+                yield data
+            elif self._closed:
+                return
+            else:
+                self._wake.clear()
+                await self._wake.wait()
+
+
+class Browser:
+    """One browser: where its bytes go and the sequence number of the last change it got."""
+
+    __slots__ = ("cursor", "sink")
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.cursor = NOT_STARTED
 
 
 class AvailabilityFanout:
-    """The shared watch, its cache of the latest frame per event, and the browsers listening."""
+    """The shared watch, the latest frame per event, the browsers and the one writer."""
 
     def __init__(
         self,
@@ -88,65 +163,156 @@ class AvailabilityFanout:
         self._health = health
         self._settings = settings
         self._max_watchers = max_watchers
-        self._latest: dict[str, tuple[int, bytes]] = {}
-        self._snapshot: bytes | None = None  # every latest frame, joined; None: to be rebuilt
-        self._watchers: set[Watcher] = set()
-        metrics.SSE_CLIENTS.set_function(lambda: len(self._watchers))
+        self._versions: dict[str, int] = {}
+        # slot (event id, or STATUS_SLOT) -> (sequence number of its last change, frame), in the
+        # order of those changes: the newest last.
+        self._changes: dict[str, tuple[int, bytes]] = {}
+        self._seq = 0
+        # (cursor, chunked) -> the bytes a browser at that cursor gets now; cleared per change.
+        self._payloads: dict[tuple[int, bool], bytes] = {}
+        self._browsers: set[Browser] = set()
+        metrics.SSE_CLIENTS.set_function(lambda: len(self._browsers))
+        self._dirty = asyncio.Event()
+        self._retry_at: asyncio.TimerHandle | None = None
         self.live = False
         self.message = "connecting to the availability service"
-        self._status_frame = self._make_status_frame()
-        self._task: asyncio.Task[None] | None = None
+        self._changed(STATUS_SLOT, self._make_status_frame())
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def watcher_count(self) -> int:
-        return len(self._watchers)
+        return len(self._browsers)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="availability-watch")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="availability-watch"),
+            asyncio.create_task(self._write_loop(), name="sse-writer"),
+        ]
 
     async def stop(self) -> None:
-        for watcher in self._watchers:
-            watcher.close()
-        if self._task is not None:
-            self._task.cancel()
+        for browser in self._browsers:
+            browser.sink.close()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
 
-    def subscribe(self) -> Watcher:
-        """A new browser: primed with the feed status and the current state of every event."""
-        if len(self._watchers) >= self._max_watchers:
+    def subscribe(self, sink: Sink) -> Browser:
+        """A new browser; it gets nothing until ``start_browser`` (its headers must go first),
+        then the feed status and the current state of every event, then every change."""
+        if len(self._browsers) >= self._max_watchers:
             raise TooManyWatchers("too many live listings are open on this gateway; try again")
-        watcher = Watcher()
-        watcher.offer(STATUS_SLOT, self._status_frame)
-        snapshot = self.snapshot()
-        if snapshot:
-            # Before any later update of an event: a Mailbox hands values out in the order their
-            # keys were first offered, so a newer frame always follows the snapshot's older one.
-            watcher.offer(SNAPSHOT_SLOT, snapshot)
-        self._watchers.add(watcher)
-        return watcher
+        browser = Browser(sink)
+        self._browsers.add(browser)
+        return browser
 
-    def snapshot(self) -> bytes:
-        """The latest frame of every event, as one shared bytes object (rebuilt lazily after a
-        change, so a burst of arrivals between two updates shares one)."""
-        if self._snapshot is None:
-            self._snapshot = b"".join(frame for _, frame in self._latest.values())
-        return self._snapshot
+    def start_browser(self, browser: Browser) -> None:
+        browser.cursor = 0
+        self._dirty.set()
 
-    def unsubscribe(self, watcher: Watcher) -> None:
-        self._watchers.discard(watcher)
+    def unsubscribe(self, browser: Browser) -> None:
+        self._browsers.discard(browser)
+
+    def payload(self, cursor: int, chunked: bool) -> bytes:
+        """What a browser at ``cursor`` gets now: the status if it changed, then the latest
+        frame of every event changed after ``cursor``, oldest change first; built once per
+        change for all browsers at that cursor."""
+        key = (cursor, chunked)
+        cached = self._payloads.get(key)
+        if cached is None:
+            status = b""
+            frames: list[bytes] = []
+            for slot, (seq, frame) in reversed(self._changes.items()):
+                if seq <= cursor:
+                    break
+                if slot == STATUS_SLOT:
+                    status = frame
+                else:
+                    frames.append(frame)
+            frames.append(status)
+            frames.reverse()
+            cached = b"".join(frames)
+            if chunked:
+                cached = chunk(cached)
+            self._payloads[key] = cached
+        return cached
+
+    def sweep_now(self) -> tuple[int, int]:
+        """Write to every browser behind the feed at once: (written, busy). For tests; the
+        writer task sweeps in slices (``_sweep``)."""
+        written = busy = 0
+        for browser in list(self._browsers):
+            if self._write(browser):
+                written += 1
+            elif browser.cursor != self._seq and browser.cursor != NOT_STARTED:
+                busy += 1
+        return written, busy
+
+    def _write(self, browser: Browser) -> bool:
+        """Bring one browser up to date; False if it already was, is not started or is busy."""
+        cursor = browser.cursor
+        if cursor == self._seq or cursor == NOT_STARTED:
+            return False
+        sink = browser.sink
+        if not sink.write(self.payload(cursor, sink.chunked)):
+            return False
+        browser.cursor = self._seq
+        return True
+
+    async def _sweep(self) -> int:
+        """One pass over the browsers, yielding to the loop now and then; how many were busy.
+        Changes that arrive meanwhile reach the browsers not yet passed in this sweep and the
+        others in the next one."""
+        busy = 0
+        for n, browser in enumerate(list(self._browsers), 1):
+            if not self._write(browser) and browser.cursor not in (self._seq, NOT_STARTED):
+                busy += browser in self._browsers
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        return busy
+
+    def _keepalive(self) -> None:
+        """A comment line to every idle browser, so that proxies keep quiet streams open."""
+        framed = {False: KEEPALIVE, True: chunk(KEEPALIVE)}
+        for browser in self._browsers:
+            if browser.cursor != NOT_STARTED:
+                browser.sink.write(framed[browser.sink.chunked])
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), self._settings.sse_keepalive_s)
+            except TimeoutError:
+                self._keepalive()
+                continue
+            self._dirty.clear()
+            try:
+                busy = await self._sweep()
+            except Exception:  # a bug here must not end live updates for everyone
+                log.exception("writing to the browsers failed unexpectedly")
+                busy = 1
+            if busy and self._retry_at is None:
+                self._retry_at = loop.call_later(RETRY_BUSY_S, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_at = None
+        self._dirty.set()
+
+    def _changed(self, slot: str, frame: bytes) -> None:
+        self._seq += 1
+        self._changes.pop(slot, None)
+        self._changes[slot] = (self._seq, frame)
+        self._payloads.clear()
+        self._dirty.set()
 
     def apply(self, ev: availability_pb2.EventAvailability) -> bool:
         """Keep ``ev`` if it is newer than what we have, and pass it on; versions never go back."""
-        known = self._latest.get(ev.event_id)
-        if not is_newer(ev.version, None if known is None else known[0]):
+        if not is_newer(ev.version, self._versions.get(ev.event_id)):
             return False
-        frame = sse_frame("availability", payloads.availability_json(ev))
-        self._latest[ev.event_id] = (ev.version, frame)
-        self._snapshot = None
-        for watcher in self._watchers:
-            watcher.offer(ev.event_id, frame)
+        self._versions[ev.event_id] = ev.version
+        self._changed(ev.event_id, sse_frame("availability", payloads.availability_json(ev)))
         return True
 
     def _set_status(self, live: bool, message: str) -> None:
@@ -155,9 +321,7 @@ class AvailabilityFanout:
         if live != self.live:
             log.info("availability feed %s: %s", "live" if live else "paused", message)
         self.live, self.message = live, message
-        self._status_frame = self._make_status_frame()
-        for watcher in self._watchers:
-            watcher.offer(STATUS_SLOT, self._status_frame)
+        self._changed(STATUS_SLOT, self._make_status_frame())
 
     def _on_watch_status(self, live: bool, reason: str) -> None:
         self._set_status(live, "live" if live else f"live updates paused: {reason}; reconnecting")
@@ -173,7 +337,7 @@ class AvailabilityFanout:
             watch = client.AvailabilityWatch(
                 self._stub,
                 self._health,
-                known_versions={event_id: v for event_id, (v, _) in self._latest.items()},
+                known_versions=dict(self._versions),
                 backoff=backoff,
                 check_timeout_s=self._settings.rpc_timeout_s,
                 retry_codes=None,  # whatever the status, the gateway must not stop its feed

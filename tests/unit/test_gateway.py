@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from gateway import payloads
 from gateway.app import Gateway, create_app
-from gateway.fanout import AvailabilityFanout, Watcher, sse_frame
+from gateway.fanout import AvailabilityFanout, sse_frame
 from gateway.settings import Settings
 from slotlock.v1 import availability_pb2, catalog_pb2
 
@@ -39,33 +39,75 @@ def decode(frame: bytes) -> tuple[str, dict[str, object]]:
     return event_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))
 
 
-def split(batch: list[bytes]) -> list[bytes]:
-    """The frames of a batch (a snapshot holds several)."""
-    return [frame + b"\n\n" for frame in b"".join(batch).split(b"\n\n") if frame]
+def split(data: bytes) -> list[bytes]:
+    """The frames of one write (the first write holds the status and the whole catalog)."""
+    return [frame + b"\n\n" for frame in data.split(b"\n\n") if frame]
 
 
-async def test_a_slow_watcher_gets_only_the_latest_state_of_each_event() -> None:
+class Socket:
+    """A sink that records writes; ``full`` plays a browser whose socket has not taken the
+    previous write yet."""
+
+    chunked = False
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.full = False
+        self.closed = False
+
+    def write(self, data: bytes) -> bool:
+        if self.full:
+            return False
+        self.writes.append(data)
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def frames(self) -> list[tuple[str, dict[str, object]]]:
+        """Everything written since the last call, decoded."""
+        data, self.writes = b"".join(self.writes), []
+        return [decode(frame) for frame in split(data)]
+
+
+def browser(fanout: AvailabilityFanout) -> Socket:
+    sink = Socket()
+    fanout.start_browser(fanout.subscribe(sink))
+    return sink
+
+
+def test_a_slow_browser_gets_only_the_latest_state_of_each_event_in_one_write() -> None:
     fanout = AvailabilityFanout(stub=None, health=None, settings=Settings())
-    watcher = fanout.subscribe()
+    sink = browser(fanout)
+    fanout.sweep_now()
+    sink.frames()  # the status and the (empty) catalog
+    sink.full = True  # the browser does not read for a while
     for version in range(1, 1001):
         fanout.apply(availability("a", version, pending=version % 7))
+        assert fanout.sweep_now() == (0, 1)  # busy: nothing is queued for it
     fanout.apply(availability("b", 1))
-    frames = [decode(frame) for frame in await watcher.next_frames(idle_s=0.01)]
-    assert [name for name, _ in frames] == ["status", "availability", "availability"]
-    assert [(data["event_id"], data["version"]) for _, data in frames[1:]] == [
+    sink.full = False
+    assert fanout.sweep_now() == (1, 0)
+    assert len(sink.writes) == 1
+    assert [(data["event_id"], data["version"]) for _, data in sink.frames()] == [
         ("a", 1000),
         ("b", 1),
     ]
-    assert await watcher.next_frames(idle_s=0.01) == []
+    assert fanout.sweep_now() == (0, 0)  # up to date: nothing more to write
 
 
-async def test_older_versions_are_dropped_and_newcomers_get_the_cache() -> None:
+def test_older_versions_are_dropped_and_newcomers_get_the_cache() -> None:
     fanout = AvailabilityFanout(stub=None, health=None, settings=Settings())
     assert fanout.apply(availability("a", 5, pending=2))
     assert not fanout.apply(availability("a", 4, pending=9))
     assert not fanout.apply(availability("a", 5, pending=9))
-    late = fanout.subscribe()
-    (status, current) = [decode(frame) for frame in split(await late.next_frames(idle_s=0.01))]
+    sink = Socket()
+    late = fanout.subscribe(sink)
+    fanout.sweep_now()
+    assert sink.writes == []  # nothing before its headers are out
+    fanout.start_browser(late)
+    fanout.sweep_now()
+    (status, current) = sink.frames()
     assert status == (
         "status",
         {"live": False, "message": "connecting to the availability service"},
@@ -75,45 +117,56 @@ async def test_older_versions_are_dropped_and_newcomers_get_the_cache() -> None:
     assert fanout.watcher_count == 0
 
 
-async def test_closing_a_watcher_wakes_it() -> None:
-    watcher = Watcher()
-    watcher.close()
-    assert await watcher.next_frames(idle_s=5) == []
-    assert watcher.closed
+def test_status_changes_come_first_and_conflate_too() -> None:
+    fanout = AvailabilityFanout(stub=None, health=None, settings=Settings())
+    sink = browser(fanout)
+    fanout.sweep_now()
+    sink.frames()
+    fanout.apply(availability("a", 1))
+    fanout._on_watch_status(True, "")
+    fanout._on_watch_status(False, "the availability service is away")
+    fanout.sweep_now()
+    frames = sink.frames()
+    assert [name for name, _ in frames] == ["status", "availability"]
+    assert frames[0][1]["live"] is False and "away" in str(frames[0][1]["message"])
 
 
 async def test_newcomers_share_one_encoded_snapshot_and_updates_follow_it() -> None:
     fanout = AvailabilityFanout(stub=None, health=None, settings=Settings())
     for n in range(50):
         fanout.apply(availability(f"e{n}", 1))
-    first, second = fanout.subscribe(), fanout.subscribe()
-    fanout.apply(availability("e7", 2, pending=1))
-    third = fanout.subscribe()
-    batches = [await w.next_frames(idle_s=0.01) for w in (first, second, third)]
-    # One slot for the whole catalog, the very same bytes object for browsers that arrived
-    # between two updates (no copy per browser), and a new one after an update.
-    assert [len(b) for b in batches] == [3, 3, 2]
-    assert batches[0][1] is batches[1][1] and batches[2][1] is not batches[0][1]
-    frames = [decode(f) for f in split(batches[0])]
+    first, second = browser(fanout), browser(fanout)
+    fanout.sweep_now()
+    # The very same bytes object for every browser at the same point of the feed (no copy
+    # per browser).
+    assert first.writes[0] is second.writes[0]
+    frames = first.frames()
     assert [d["event_id"] for _, d in frames[1:51]] == [f"e{n}" for n in range(50)]
-    assert frames[-1][1]["event_id"] == "e7" and frames[-1][1]["version"] == 2  # after it
-    third_frames = [decode(f) for f in split(batches[2])]
+    fanout.apply(availability("e7", 2, pending=1))
+    third = browser(fanout)
+    fanout.sweep_now()
+    assert first.writes[0] is second.writes[-1]  # one shared update write
+    assert [(d["event_id"], d["version"]) for _, d in first.frames()] == [("e7", 2)]
+    # The newcomer's catalog already has e7 at version 2, after the others: an older state of
+    # an event never follows a newer one.
+    third_frames = third.frames()
     assert [d["version"] for _, d in third_frames if d.get("event_id") == "e7"] == [2]
+    assert third_frames[-1][1]["event_id"] == "e7"
 
 
-async def test_a_big_snapshot_is_written_as_the_shared_object_not_a_copy() -> None:
+def test_a_big_catalog_is_one_shared_write_and_frames_are_chunked_for_http_1_1() -> None:
     fanout = AvailabilityFanout(stub=None, health=None, settings=Settings())
     for n in range(500):  # ~200 KB of frames
         fanout.apply(availability(f"event-{n}", 1))
-    writes = await fanout.subscribe().next_writes(idle_s=0.01)
-    assert len(writes) == 2 and writes[1] is fanout.snapshot()  # status, then the snapshot
-    watcher = fanout.subscribe()
-    await watcher.next_writes(idle_s=0.01)
-    fanout.apply(availability("event-1", 2))
-    fanout.apply(availability("event-2", 2))
-    (joined,) = await watcher.next_writes(idle_s=0.01)  # small frames: one write
-    assert joined.count(b"event: availability") == 2
-    assert await watcher.next_writes(idle_s=0.01) == [b": keepalive\n\n"]
+    sinks = [browser(fanout) for _ in range(3)]
+    chunked = Socket()
+    chunked.chunked = True
+    fanout.start_browser(fanout.subscribe(chunked))
+    fanout.sweep_now()
+    assert all(len(sink.writes) == 1 for sink in sinks)
+    assert sinks[0].writes[0] is sinks[1].writes[0] is sinks[2].writes[0]
+    size, _, rest = chunked.writes[0].partition(b"\r\n")
+    assert int(size, 16) == len(sinks[0].writes[0]) and rest == sinks[0].writes[0] + b"\r\n"
 
 
 def test_frames_are_single_line_json() -> None:

@@ -1,0 +1,201 @@
+"""The live stream over real HTTP: uvicorn in this event loop on port 0, browsers as raw sockets,
+availability fed straight to the gateway's fan-out (no services: its own watch just keeps
+retrying in the background). The writer writes to the connections itself, so this checks what
+a browser gets on the wire: the headers of every response, HTTP/1.1 chunks (or a plain body for
+HTTP/1.0), every event's latest state, and that a browser that stops reading holds at most one
+write in the gateway, delays no one, and afterwards gets only the newest state of each event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway.__main__ import build_server
+from gateway.app import Gateway
+from gateway.fanout import AvailabilityFanout, TransportSink
+from gateway.settings import Settings
+from tests.unit.test_gateway import availability
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[int, AvailabilityFanout]]:
+    """The gateway's port and its fan-out."""
+    settings = Settings(
+        port=0,
+        reservation_addr="127.0.0.1:9",
+        availability_addr="127.0.0.1:9",  # nothing there: the watch retries, the feed is paused
+        watch_retry_max_s=0.5,
+        secure_cookies=False,
+    )
+    server = build_server(settings, log_level="warning")
+    serving = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert not serving.done(), "the gateway stopped while starting"
+        assert time.monotonic() < deadline, "the gateway did not start"
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    app: Any = server.config.app
+    gateway: Gateway = app.state.gateway
+    yield port, gateway.fanout
+    server.should_exit = True
+    await serving
+
+
+class Browser:
+    """A raw connection to /api/stream that decodes what arrives as SSE frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.headers: dict[str, str] = {}
+        self.chunked = False
+        self.raw = b""  # what came and is not decoded yet (chunked or not)
+        self.body = b""  # the body with any chunk framing taken off, not yet split into frames
+        self.text = b""  # every complete frame so far
+        self.versions: dict[str, int] = {}
+        self.frames: list[tuple[str, dict[str, Any]]] = []
+
+    @classmethod
+    async def open(cls, port: int, version: str = "1.1", **sockopts: int) -> Browser:
+        sock = socket.socket()
+        for option, value in sockopts.items():
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, option), value)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(f"GET /api/stream HTTP/{version}\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        browser = cls(reader, writer)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        status, *lines = head.decode().strip().split("\r\n")
+        assert status.split()[1] == "200", status
+        browser.headers = {
+            name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines)
+        }
+        browser.chunked = browser.headers.get("transfer-encoding") == "chunked"
+        return browser
+
+    async def read_until(self, done: Any, within_s: float = 15.0) -> None:
+        """Read until ``done(self)`` holds."""
+        async with asyncio.timeout(within_s):
+            while not done(self):
+                data = await self.reader.read(65536)
+                assert data, "the gateway closed the stream"
+                self.raw += data
+                self._decode()
+
+    def _decode(self) -> None:
+        """Take complete chunks off ``raw`` into ``body``, complete frames off ``body``."""
+        if self.chunked:
+            while True:
+                size_line, crlf, after = self.raw.partition(b"\r\n")
+                if not crlf or len(after) < int(size_line, 16) + 2:
+                    break
+                size = int(size_line, 16)
+                assert after[size : size + 2] == b"\r\n", "a broken chunk"
+                self.body += after[:size]
+                self.raw = after[size + 2 :]
+        else:
+            self.body, self.raw = self.body + self.raw, b""
+        *frames, self.body = self.body.split(b"\n\n")
+        for frame in frames:
+            self.text += frame + b"\n\n"
+            lines = frame.decode().split("\n")
+            if lines[0].startswith("event: "):
+                data = json.loads(lines[1].removeprefix("data: "))
+                self.frames.append((lines[0].removeprefix("event: "), data))
+                if lines[0] == "event: availability":
+                    event_id = data["event_id"]
+                    self.versions[event_id] = max(self.versions.get(event_id, 0), data["version"])
+
+    def latest(self) -> dict[str, int]:
+        """The newest version seen of each event."""
+        return self.versions
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def eventually(check: Any, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_stream_over_http_1_1_is_chunked_with_every_header_and_frame(
+    gateway: tuple[int, AvailabilityFanout],
+) -> None:
+    port, fanout = gateway
+    fanout.apply(availability("a", 1, pending=1))
+    browser = await Browser.open(port)
+    assert browser.headers["content-type"].startswith("text/event-stream")
+    assert browser.headers["cache-control"] == "no-cache"
+    assert browser.headers["x-accel-buffering"] == "no"
+    assert browser.headers["x-content-type-options"] == "nosniff"  # the security middleware's
+    assert "content-length" not in browser.headers
+    assert browser.chunked
+    await browser.read_until(lambda b: b.latest() == {"a": 1})
+    assert browser.text.startswith(b"retry: 1000\n\n")
+    assert browser.frames[0][0] == "status"  # the feed status comes first
+    fanout.apply(availability("b", 1))
+    fanout.apply(availability("a", 2, pending=2))
+    await browser.read_until(lambda b: b.latest() == {"a": 2, "b": 1})
+    assert fanout.watcher_count == 1
+    browser.close()
+    await eventually(lambda: fanout.watcher_count == 0)
+
+
+async def test_an_http_1_0_browser_gets_the_frames_without_chunks(
+    gateway: tuple[int, AvailabilityFanout],
+) -> None:
+    port, fanout = gateway
+    fanout.apply(availability("a", 1))
+    browser = await Browser.open(port, version="1.0")
+    assert not browser.chunked
+    fanout.apply(availability("a", 2))
+    await browser.read_until(lambda b: b.latest() == {"a": 2})
+    assert browser.text.startswith(b"retry: 1000\n\nevent: status\n")
+    browser.close()
+
+
+async def test_a_browser_that_stops_reading_holds_one_write_and_delays_no_one(
+    gateway: tuple[int, AvailabilityFanout],
+) -> None:
+    port, fanout = gateway
+    events = [f"event-{n}" for n in range(200)]
+    for event_id in events:
+        fanout.apply(availability(event_id, 1))
+    stuck = await Browser.open(port, SO_RCVBUF=4096)
+    here = stuck.writer.get_extra_info("sockname")[1]
+    (sink,) = [
+        b.sink
+        for b in list(fanout._browsers)
+        if isinstance(b.sink, TransportSink)
+        and b.sink._transport.get_extra_info("peername")[1] == here
+    ]
+    # Small kernel buffers on the gateway's side too, so that they fill after a few KB.
+    sink._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    reader = await Browser.open(port)
+    await reader.read_until(lambda b: len(b.latest()) == len(events))
+    rounds = 30
+    for version in range(2, rounds + 2):
+        for event_id in events:
+            fanout.apply(availability(event_id, version))
+        want = dict.fromkeys(events, version)
+        await reader.read_until(lambda b, want=want: b.latest() == want)
+    # What the gateway holds for it: the rest of one write, never a queue of the rounds.
+    held = sink._transport.get_write_buffer_size()
+    assert 0 < held <= len(fanout.payload(0, True))
+    # Once it reads again it catches up with the newest state of each event, and skips most
+    # of the states in between.
+    await stuck.read_until(lambda b: b.latest() == dict.fromkeys(events, rounds + 1))
+    seen = sum(1 for name, _ in stuck.frames if name == "availability")
+    assert seen <= len(events) * 4, seen
