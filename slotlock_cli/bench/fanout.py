@@ -244,10 +244,17 @@ class ReservationDriver:
 def report_deliveries(
     seen: list[list[tuple[int, float]]], times: list[float], failures: list[str]
 ) -> None:
-    """Print, as one JSON line, each receiver's latency for each change: change k (made at
-    ``times[k-1]``) reached a receiver when it first saw a pending count of k or more; ``seen``
-    holds each receiver's (pending, time seen) in order. Shared by the watcher and browser
-    client processes (bench fanout and bench sse)."""
+    """Print :func:`deliveries` as one JSON line (a client process's answer to the parent)."""
+    print(json.dumps(deliveries(seen, times, failures)), flush=True)
+
+
+def deliveries(
+    seen: list[list[tuple[int, float]]], times: list[float], failures: list[str]
+) -> dict[str, Any]:
+    """Each receiver's latency for each change: change k (made at ``times[k-1]``) reached a
+    receiver when it first saw a pending count of k or more; ``seen`` holds each receiver's
+    (pending, time seen) in order. Shared by the watcher and browser client processes (bench
+    fanout and bench sse)."""
     latencies: list[float] = []
     delivered = 0
     for mine in seen:
@@ -259,17 +266,12 @@ def report_deliveries(
                 break
             delivered += 1
             latencies.append(round(max(0.0, mine[position][1] - changed_at) * 1000, 3))
-    print(
-        json.dumps(
-            {
-                "latencies_ms": latencies,
-                "delivered": delivered,
-                "failures": len(failures),
-                "failure_kinds": sorted(set(failures))[:5],
-            }
-        ),
-        flush=True,
-    )
+    return {
+        "latencies_ms": latencies,
+        "delivered": delivered,
+        "failures": len(failures),
+        "failure_kinds": sorted(set(failures))[:5],
+    }
 
 
 def percentile(ordered: list[float], q: float) -> float:

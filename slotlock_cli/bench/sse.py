@@ -2,29 +2,40 @@
 the gateway's memory per idle browser, and the latency from a change to every browser.
 
 The whole system runs as processes (reservation, availability, gateway); the browsers are plain
-HTTP/1.1 connections held by separate client processes, so the gateway does not share an
-interpreter with them (on a small box they still share the CPU: the output gives both sides'
-CPU). Each browser first receives the catalog (``--events`` events: the gateway's snapshot), then
-the changes: update k is a ``CreateHold`` on one event that makes its ``pending`` equal k, and a
-browser has "delivered" update k once it has seen pending >= k (conflation to a newer state
-counts); its latency is that moment minus the ``CreateHold`` return. Clocks are CLOCK_MONOTONIC,
-shared by every process of the machine.
+HTTP/1.1 connections held by separate client processes (one per 2,500 browsers), each reading
+its sockets in one epoll loop, so that measuring costs far less CPU per frame than the gateway
+spends writing it. Each browser first receives the catalog (``--events`` events: the gateway's
+snapshot), then the changes: change k is a ``CreateHold`` on one event that makes its
+``pending`` equal k, and a browser has "delivered" change k once it has seen pending >= k
+(conflation to a newer state counts); its latency is that moment minus the ``CreateHold``
+return. "That moment" is the kernel's receive time of the bytes at the browser's socket
+(SO_TIMESTAMPNS): the gateway's figure, whatever the client processes were busy with. The time
+the client process read them is reported too; the gap is the clients' own lag.
+
+The machine is shared, so the output says who used it: the changes per second actually offered,
+the CPU of the gateway and of each client process from the first change to the last delivery,
+and WARNING lines when the clients rather than the gateway may have set the figure (a client
+process busy over 80% of the time, the cores nearly all used, or bytes left waiting in the
+clients' sockets).
 
 Memory per browser: the gateway's RSS with every browser connected and idle, minus its RSS
 before the first one, divided by N.
 
-Prints figures; the last line is JSON: clients, p50_ms, p99_ms, max_ms, delivered_ratio,
-per_client_kb, rss_mb.
+Prints figures; the last line is JSON: clients, rate, offered_rate, p50_ms, p99_ms, max_ms
+(at the sockets), read_p99_ms, delivered_ratio, per_client_kb, rss_mb, gateway_cpu_s,
+clients_cpu_s, wall_s, clients_limited, failures.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import math
+import os
 import re
+import select
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -33,7 +44,7 @@ import uuid
 from typing import Any
 
 from slotlock.feed import Feed
-from slotlock_cli.bench.fanout import percentile, report_deliveries
+from slotlock_cli.bench.fanout import deliveries, percentile
 from slotlock_cli.bench.holds import BENCH_ENV
 from slotlock_cli.system import System
 
@@ -62,83 +73,155 @@ def register(subparsers: Any) -> None:
 
 # -- the browser client process ----------------------------------------------------------------
 
+SO_TIMESTAMPNS = 35  # Linux: the kernel's receive time of the newest bytes, with each read
+_TIMESPEC = struct.Struct("qq")
+READ_BYTES = 65536
 
-async def browse_many(host: str, port: int, event_id: str, count: int) -> None:
-    """Child: hold ``count`` SSE connections, report READY once each has the event's state,
-    then (given the change times on stdin) the latency of every update at every browser."""
-    marker = f'"event_id":"{event_id}"'.encode()
-    seen: list[list[tuple[int, float]]] = [[] for _ in range(count)]
-    first = [asyncio.Event() for _ in range(count)]
-    target = [0]
-    finished = [0]
-    done = asyncio.Event()
-    failures: list[str] = []
-    request = (
-        f"GET /api/stream HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n"
-    ).encode()
 
-    async def one(number: int) -> None:
-        mine = seen[number]
-        counted = False
+class Browsers:
+    """Child: ``count`` SSE connections read by one epoll loop (no task per connection: a
+    measuring process must cost far less per frame than the gateway it measures). Each read
+    notes the highest pending count of the hot event in it, with two times: when the kernel
+    received those bytes (SO_TIMESTAMPNS: what the gateway's latency is), and when this
+    process read them (later by however long this process was busy with other sockets)."""
+
+    def __init__(self, host: str, port: int, event_id: str, count: int) -> None:
+        self.address = (host, port)
+        self.marker = f'"event_id":"{event_id}"'.encode()
+        self.count = count
+        self.request = (
+            f"GET /api/stream HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+        self.epoll = select.epoll()
+        self.socks: dict[int, tuple[int, socket.socket]] = {}
+        self.rest = [b""] * count
+        self.arrived: list[list[tuple[int, float]]] = [[] for _ in range(count)]
+        self.read: list[list[tuple[int, float]]] = [[] for _ in range(count)]
+        self.has_state = [False] * count
+        self.target = 0  # the last change's pending count, once known
+        self.counted = [False] * count  # has it (at its socket)
+        self.finished = 0
+        self.failures: list[str] = []
+        self.full_reads = 0  # reads that filled the buffer: more was waiting in the kernel
+        self.batch_s: list[float] = []  # how long each pass over the ready sockets took
+        # CLOCK_REALTIME (the kernel's stamps) minus CLOCK_MONOTONIC (the parent's times).
+        self.offset = time.time() - time.monotonic()
+
+    def connect(self, number: int) -> None:
         for attempt in range(20):  # a refused connect (backlog full) is tried again
             try:
-                reader, writer = await asyncio.open_connection(host, port)
+                sock = socket.create_connection(self.address, timeout=10)
                 break
             except OSError as error:
-                failures.append(f"connect: {error}")
-                await asyncio.sleep(0.2 * (attempt + 1))
+                self.failures.append(f"connect: {error}")
+                time.sleep(0.2 * (attempt + 1))
         else:
             return
-        writer.write(request)
-        rest = b""
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                failures.append("closed by the gateway")
-                return
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.sendall(self.request)
+        sock.setblocking(False)
+        self.socks[sock.fileno()] = (number, sock)
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
+
+    def poll(self, timeout: float) -> None:
+        """Read every socket with something to read (waiting up to ``timeout`` s for one)."""
+        ready = self.epoll.poll(timeout)
+        started = time.monotonic()
+        cmsg = socket.CMSG_SPACE(_TIMESPEC.size)
+        for fd, _ in ready:
+            if fd not in self.socks:
+                continue
+            number, sock = self.socks[fd]
+            try:
+                data, ancillary, _, _ = sock.recvmsg(READ_BYTES, cmsg)
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                data, ancillary = b"", []
+                self.failures.append(f"read: {error}")
             now = time.monotonic()
-            frames = (rest + data).split(b"\n\n")
-            rest = frames.pop()
-            for frame in frames:
-                if marker not in frame:
-                    continue
-                found = _PENDING.search(frame)
-                if found is None:
-                    continue
-                pending = int(found.group(1))
-                mine.append((pending, now))
-                first[number].set()
-                if not counted and target[0] and pending >= target[0]:
-                    counted = True
-                    finished[0] += 1
-                    if finished[0] == count:
-                        done.set()
+            if not data:
+                self.failures.append("closed by the gateway")
+                self.epoll.unregister(fd)
+                del self.socks[fd]
+                sock.close()
+                continue
+            if len(data) == READ_BYTES:
+                self.full_reads += 1
+            arrived = now
+            for level, kind, stamp in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    seconds, nanos = _TIMESPEC.unpack(stamp)
+                    arrived = min(now, seconds + nanos / 1e9 - self.offset)
+            self.on_data(number, data, arrived, now)
+        if ready:
+            self.batch_s.append(time.monotonic() - started)
 
-    tasks = []
-    for number in range(count):
-        tasks.append(asyncio.create_task(one(number)))
-        if number % 200 == 199:
-            await asyncio.sleep(0.05)  # connect in waves: the gateway's accept backlog is finite
-    try:
-        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in first)), 300)
-    except TimeoutError:
-        ready = sum(event.is_set() for event in first)
-        print(f"only {ready} of {count} browsers got the event; {failures[:5]}", flush=True)
-        return
-    for mine in seen:
-        mine.clear()
-    print("READY", flush=True)
+    def on_data(self, number: int, data: bytes, arrived: float, now: float) -> None:
+        buffer = self.rest[number] + data if self.rest[number] else data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self.rest[number] = buffer
+            return
+        self.rest[number] = buffer[end + 2 :]
+        at = buffer.rfind(self.marker, 0, end)
+        if at < 0:
+            return
+        found = _PENDING.search(buffer, at, buffer.find(b"\n\n", at))
+        if found is None:
+            return
+        pending = int(found.group(1))
+        self.arrived[number].append((pending, arrived))
+        self.read[number].append((pending, now))
+        self.has_state[number] = True
+        if self.target and pending >= self.target and not self.counted[number]:
+            self.counted[number] = True
+            self.finished += 1
 
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    times: list[float] = json.loads(line)["times"]
-    target[0] = len(times)
-    finished[0] = sum(1 for mine in seen if mine and mine[-1][0] >= target[0])
-    if finished[0] < count:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), 20)
-    report_deliveries(seen, times, failures)
-    for task in tasks:
-        task.cancel()
+    def run(self) -> None:
+        for number in range(self.count):
+            self.connect(number)
+            if number % 100 == 99:
+                self.poll(0)  # take the snapshots as they come; connect in waves
+        deadline = time.monotonic() + 300
+        while not all(self.has_state) and time.monotonic() < deadline:
+            self.poll(0.05)
+        if not all(self.has_state):
+            print(
+                f"only {sum(self.has_state)} of {self.count} browsers got the event; "
+                f"{self.failures[:5]}",
+                flush=True,
+            )
+            return
+        for kept in (*self.arrived, *self.read):
+            kept.clear()
+        self.batch_s.clear()
+        self.full_reads = 0
+        print("READY", flush=True)
+        self.epoll.register(sys.stdin.fileno(), select.EPOLLIN)
+        times: list[float] = []
+        stop_at = math.inf
+        while time.monotonic() < stop_at and (not times or self.finished < self.count):
+            if not times and any(fd == sys.stdin.fileno() for fd, _ in self.epoll.poll(0)):
+                # The parent's change times: read on until every browser has the last one,
+                # or 20 s more.
+                times = json.loads(sys.stdin.readline())["times"]
+                self.target = len(times)
+                for number, mine in enumerate(self.arrived):
+                    if mine and mine[-1][0] >= self.target:
+                        self.counted[number] = True
+                self.finished = sum(self.counted)
+                stop_at = time.monotonic() + 20
+            self.poll(0.05)
+        report = deliveries(self.arrived, times, self.failures)
+        read = deliveries(self.read, times, [])
+        self.batch_s.sort()
+        report["read_latencies_ms"] = read["latencies_ms"]
+        report["full_reads"] = self.full_reads
+        report["batch_p99_ms"] = round(percentile(self.batch_s, 0.99) * 1000, 2)
+        report["batch_max_ms"] = round(self.batch_s[-1] * 1000, 2) if self.batch_s else 0.0
+        print(json.dumps(report), flush=True)
+        sys.stdin.readline()  # stay until the parent has read this process's CPU time
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -238,8 +321,8 @@ def run(args: argparse.Namespace) -> int:
         per_client_kb = (rss_idle - rss_before) / max(1, args.clients) / 1024
 
         stub = reservation_pb2_grpc.ReservationServiceStub(system.channel("reservation"))
-        cpu_before = gateway.cpu_times()
-        client_cpu_before = [psutil.Process(b.pid).cpu_times() for b in browsers]
+        clients = [psutil.Process(b.pid) for b in browsers]
+        cpu = CpuMeter([gateway, *clients])
         times: list[float] = []
         interval = 1.0 / args.rate
         next_at = time.monotonic()
@@ -251,61 +334,97 @@ def run(args: argparse.Namespace) -> int:
             times.append(time.monotonic())
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
-        cpu_after = gateway.cpu_times()
-        gateway_cpu = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
-        client_cpu = sum(
-            after.user + after.system - before.user - before.system
-            for before, after in zip(
-                client_cpu_before,
-                [psutil.Process(b.pid).cpu_times() for b in browsers],
-                strict=True,
-            )
-        )
         rss_after = gateway.memory_info().rss
-
         payload = json.dumps({"times": times}) + "\n"
         for browser in browsers:
             browser.stdin.write(payload)
             browser.stdin.flush()
-        latencies: list[float] = []
-        delivered = failures = 0
-        kinds: set[str] = set()
-        for browser in browsers:
-            result = json.loads(browser.stdout.readline())
-            latencies += result["latencies_ms"]
-            delivered += result["delivered"]
-            failures += result["failures"]
-            kinds.update(result["failure_kinds"])
-        latencies.sort()
+        results = [json.loads(browser.stdout.readline()) for browser in browsers]
+        # CPU from the first change until every browser had the last one (or gave up).
+        used, wall = cpu.read()
+        gateway_cpu, client_cpu = used[0], used[1:]
+        offered = (args.updates - 1) / (times[-1] - times[0]) if len(times) > 1 else args.rate
+
+        latencies = sorted(x for r in results for x in r["latencies_ms"])
+        read_latencies = sorted(x for r in results for x in r["read_latencies_ms"])
+        delivered = sum(r["delivered"] for r in results)
+        failures = sum(r["failures"] for r in results)
+        kinds = sorted({k for r in results for k in r["failure_kinds"]})
+        full_reads = sum(r["full_reads"] for r in results)
+        batch_max_ms = max(r["batch_max_ms"] for r in results)
         expected = args.clients * args.updates
+        cores = os.cpu_count() or 1
         print(
             f"gateway RSS: {rss_before / 2**20:.1f} MB before browsers, "
             f"{rss_idle / 2**20:.1f} MB with them idle ({per_client_kb:.1f} KB per browser), "
             f"{rss_after / 2**20:.1f} MB after the updates"
         )
         print(
-            f"CPU while changing: gateway {gateway_cpu:.2f}s, browser clients {client_cpu:.2f}s "
-            f"({args.updates} updates at {args.rate:g}/s)"
+            f"offered {offered:.1f} changes/s ({args.updates} changes, {args.rate:g}/s asked); "
+            f"{args.clients * offered:,.0f} browser updates/s"
+        )
+        print(
+            f"CPU over {wall:.1f}s (first change to the last delivery): gateway "
+            f"{gateway_cpu:.2f}s ({gateway_cpu / wall:.0%} of a core), browser clients "
+            f"{sum(client_cpu):.2f}s ({', '.join(f'{c / wall:.0%}' for c in client_cpu)} "
+            f"of a core each); {cores} cores"
         )
         if failures:
-            print(f"browser connections that failed: {failures} {sorted(kinds)}")
+            print(f"browser connections that failed: {failures} {kinds}")
+        p99, read_p99 = percentile(latencies, 0.99), percentile(read_latencies, 0.99)
         print(
-            f"update latency to the browsers: p50 {percentile(latencies, 0.5):.1f} ms, "
-            f"p99 {percentile(latencies, 0.99):.1f} ms, max "
-            f"{latencies[-1] if latencies else float('nan'):.1f} ms; delivered "
-            f"{delivered} of {expected}"
+            f"update latency to the browsers' sockets: p50 {percentile(latencies, 0.5):.1f} ms, "
+            f"p99 {p99:.1f} ms, max {latencies[-1] if latencies else math.nan:.1f} ms; "
+            f"delivered {delivered} of {expected}"
         )
+        print(
+            f"as read by the client processes: p50 {percentile(read_latencies, 0.5):.1f} ms, "
+            f"p99 {read_p99:.1f} ms (a pass over their ready sockets took up to "
+            f"{batch_max_ms:.0f} ms; {full_reads} reads found more waiting)"
+        )
+        warnings = []
+        if delivered < expected:
+            warnings.append(
+                f"{expected - delivered} browser updates had not arrived 20 s after the last "
+                "change; the percentiles count only those that had (the real ones are worse)"
+            )
+        if offered < 0.9 * args.rate:
+            warnings.append(
+                f"only {offered:.1f} of the {args.rate:g} changes/s asked were made "
+                "(the reservation service or this process was the limit)"
+            )
+        if max(client_cpu) > 0.8 * wall:
+            warnings.append(
+                "a browser client process was busy over 80% of the time: the clients, not "
+                "only the gateway, limited how fast frames were read"
+            )
+        if gateway_cpu + sum(client_cpu) > 0.9 * cores * wall:
+            warnings.append("the gateway and the clients together used nearly every core")
+        if full_reads or read_p99 > 2 * p99 + 50:
+            warnings.append(
+                "the client processes fell behind reading (bytes waited in their sockets): "
+                "the socket arrival figure is the gateway's, the read figure is not"
+            )
+        for warning in warnings:
+            print(f"WARNING: {warning}")
         print(
             json.dumps(
                 {
                     "clients": args.clients,
                     "events": args.events,
+                    "rate": args.rate,
+                    "offered_rate": round(offered, 2),
                     "p50_ms": round(percentile(latencies, 0.5), 2),
-                    "p99_ms": round(percentile(latencies, 0.99), 2),
+                    "p99_ms": round(p99, 2),
                     "max_ms": round(latencies[-1], 2) if latencies else None,
+                    "read_p99_ms": round(read_p99, 2),
                     "delivered_ratio": round(delivered / expected, 4) if expected else None,
                     "per_client_kb": round(per_client_kb, 1),
                     "rss_mb": round(rss_idle / 2**20, 1),
+                    "gateway_cpu_s": round(gateway_cpu, 2),
+                    "clients_cpu_s": round(sum(client_cpu), 2),
+                    "wall_s": round(wall, 2),
+                    "clients_limited": bool(warnings),
                     "failures": failures,
                 }
             )
@@ -318,6 +437,24 @@ def run(args: argparse.Namespace) -> int:
         system.stop()
 
 
+class CpuMeter:
+    """CPU seconds of some processes since it was made, and the wall time."""
+
+    def __init__(self, processes: list[Any]) -> None:
+        self.processes = processes
+        self.started = time.monotonic()
+        self.before = [self._used(p) for p in processes]
+
+    @staticmethod
+    def _used(process: Any) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    def read(self) -> tuple[list[float], float]:
+        used = [self._used(p) - b for p, b in zip(self.processes, self.before, strict=True)]
+        return used, time.monotonic() - self.started
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "--child":
-        asyncio.run(browse_many(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])))
+        Browsers(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])).run()
