@@ -342,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
         results = [json.loads(browser.stdout.readline()) for browser in browsers]
         # CPU from the first change until every browser had the last one (or gave up).
         used, wall = cpu.read()
+        machine = cpu.machine_busy()
         gateway_cpu, client_cpu = used[0], used[1:]
         offered = (args.updates - 1) / (times[-1] - times[0]) if len(times) > 1 else args.rate
 
@@ -367,7 +368,9 @@ def run(args: argparse.Namespace) -> int:
             f"CPU over {wall:.1f}s (first change to the last delivery): gateway "
             f"{gateway_cpu:.2f}s ({gateway_cpu / wall:.0%} of a core), browser clients "
             f"{sum(client_cpu):.2f}s ({', '.join(f'{c / wall:.0%}' for c in client_cpu)} "
-            f"of a core each); {cores} cores"
+            f"of a core each); the rest of the machine (services, NATS, Postgres, anything "
+            f"else) {machine - sum(used):.2f}s; {machine / (cores * wall):.0%} of its {cores} "
+            "cores busy"
         )
         if failures:
             print(f"browser connections that failed: {failures} {kinds}")
@@ -400,6 +403,11 @@ def run(args: argparse.Namespace) -> int:
             )
         if gateway_cpu + sum(client_cpu) > 0.9 * cores * wall:
             warnings.append("the gateway and the clients together used nearly every core")
+        elif machine > 0.9 * cores * wall:
+            warnings.append(
+                "the machine's cores were nearly all busy: the gateway had only what the other "
+                "processes left it"
+            )
         if full_reads or read_p99 > 2 * p99 + 50:
             warnings.append(
                 "the client processes fell behind reading (bytes waited in their sockets): "
@@ -424,6 +432,7 @@ def run(args: argparse.Namespace) -> int:
                     "gateway_cpu_s": round(gateway_cpu, 2),
                     "clients_cpu_s": round(sum(client_cpu), 2),
                     "wall_s": round(wall, 2),
+                    "others_cpu_s": round(machine - sum(used), 2),
                     "clients_limited": bool(warnings),
                     "failures": failures,
                 }
@@ -438,12 +447,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 class CpuMeter:
-    """CPU seconds of some processes since it was made, and the wall time."""
+    """CPU seconds of some processes and of the whole machine since it was made, and the wall
+    time."""
 
     def __init__(self, processes: list[Any]) -> None:
         self.processes = processes
         self.started = time.monotonic()
         self.before = [self._used(p) for p in processes]
+        self.machine_before = self._machine()
+
+    @staticmethod
+    def _machine() -> float:
+        import psutil
+
+        times = psutil.cpu_times()._asdict()  # guest time is counted in user already
+        busy = ("user", "nice", "system", "irq", "softirq", "steal")
+        return float(sum(times.get(name, 0.0) for name in busy))
+
+    def machine_busy(self) -> float:
+        """CPU seconds the whole machine spent busy since the meter was made."""
+        return self._machine() - self.machine_before
 
     @staticmethod
     def _used(process: Any) -> float:
