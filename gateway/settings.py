@@ -47,6 +47,13 @@ class Settings:
     holds_per_minute: int = 10
     demo_payments: bool = False
     secure_cookies: bool = True
+    # Processes sharing the port (SLOTLOCK_WORKERS, SO_REUSEPORT; ``slotlock.workers``): each is a
+    # whole gateway with its own availability watch, its browsers and its per-address hold limit.
+    workers: int = 1
+    # What ``slotlock.workers`` waits for a worker's shutdown: browsers' streams are not waited
+    # for (``gateway.__main__.GRACEFUL_SHUTDOWN_S``).
+    drain_delay_s: float = 0.0
+    shutdown_grace_s: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -74,6 +81,7 @@ class Settings:
             ),
             demo_payments=read.flag("SLOTLOCK_GATEWAY_DEMO_PAYMENTS", d.demo_payments),
             secure_cookies=read.flag("SLOTLOCK_GATEWAY_SECURE_COOKIES", d.secure_cookies),
+            workers=read.integer("SLOTLOCK_WORKERS", d.workers, minimum=1, maximum=64),
         )
 
 

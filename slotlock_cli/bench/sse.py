@@ -66,6 +66,12 @@ def register(subparsers: Any) -> None:
         default=0,
         help=f"browser processes (0 = one per {CLIENTS_PER_PROCESS} browsers)",
     )
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing its port (SLOTLOCK_WORKERS; 1)",
+    )
     parser.add_argument("--database-url", help="a real PostgreSQL server instead of embedded")
     parser.add_argument("--nats-url", help="a real NATS server instead of embedded")
     parser.set_defaults(handler=run)
@@ -288,6 +294,8 @@ def run(args: argparse.Namespace) -> int:
         tls=False,
         extra_env=BENCH_ENV,
     )
+    if args.gateway_workers > 1:
+        system.services["gateway"].env["SLOTLOCK_WORKERS"] = str(args.gateway_workers)
     browsers: list[Any] = []
     try:
         system.start()
@@ -306,8 +314,13 @@ def run(args: argparse.Namespace) -> int:
         hot = events[-1]
         wait_live(system.gateway_url)
         time.sleep(1.0)  # the catalog reaches the gateway through the feed
-        gateway = psutil.Process(system.service("gateway").process.pid)
-        rss_before = gateway.memory_info().rss
+        parent = psutil.Process(system.service("gateway").process.pid)
+        gateway = [parent, *parent.children(recursive=True)]  # its workers, if any
+
+        def gateway_rss() -> int:
+            return sum(int(process.memory_info().rss) for process in gateway)
+
+        rss_before = gateway_rss()
         host, port = system.service("gateway").address.rsplit(":", 1)
         processes = args.client_processes or max(1, math.ceil(args.clients / CLIENTS_PER_PROCESS))
         started = time.monotonic()
@@ -317,12 +330,12 @@ def run(args: argparse.Namespace) -> int:
             f"{time.monotonic() - started:.1f}s; catalog of {args.events} events"
         )
         time.sleep(1.0)
-        rss_idle = gateway.memory_info().rss
+        rss_idle = gateway_rss()
         per_client_kb = (rss_idle - rss_before) / max(1, args.clients) / 1024
 
         stub = reservation_pb2_grpc.ReservationServiceStub(system.channel("reservation"))
         clients = [psutil.Process(b.pid) for b in browsers]
-        cpu = CpuMeter([gateway, *clients])
+        cpu = CpuMeter([*gateway, *clients])
         times: list[float] = []
         interval = 1.0 / args.rate
         next_at = time.monotonic()
@@ -334,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
             times.append(time.monotonic())
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
-        rss_after = gateway.memory_info().rss
+        rss_after = gateway_rss()
         payload = json.dumps({"times": times}) + "\n"
         for browser in browsers:
             browser.stdin.write(payload)
@@ -343,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
         # CPU from the first change until every browser had the last one (or gave up).
         used, wall = cpu.read()
         machine = cpu.machine_busy()
-        gateway_cpu, client_cpu = used[0], used[1:]
+        gateway_cpu, client_cpu = sum(used[: len(gateway)]), used[len(gateway) :]
         offered = (args.updates - 1) / (times[-1] - times[0]) if len(times) > 1 else args.rate
 
         latencies = sorted(x for r in results for x in r["latencies_ms"])
@@ -366,7 +379,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(
             f"CPU over {wall:.1f}s (first change to the last delivery): gateway "
-            f"{gateway_cpu:.2f}s ({gateway_cpu / wall:.0%} of a core), browser clients "
+            f"{gateway_cpu:.2f}s ({gateway_cpu / wall:.0%} of a core; {len(gateway)} "
+            f"process(es)), browser clients "
             f"{sum(client_cpu):.2f}s ({', '.join(f'{c / wall:.0%}' for c in client_cpu)} "
             f"of a core each); the rest of the machine (services, NATS, Postgres, anything "
             f"else) {machine - sum(used):.2f}s; {machine / (cores * wall):.0%} of its {cores} "
@@ -419,6 +433,7 @@ def run(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "clients": args.clients,
+                    "gateway_workers": args.gateway_workers,
                     "events": args.events,
                     "rate": args.rate,
                     "offered_rate": round(offered, 2),

@@ -3,23 +3,31 @@ availability fed straight to the gateway's fan-out (no services: its own watch j
 retrying in the background). The writer writes to the connections itself, so this checks what
 a browser gets on the wire: the headers of every response, HTTP/1.1 chunks (or a plain body for
 HTTP/1.0), every event's latest state, and that a browser that stops reading holds at most one
-write in the gateway, delays no one, and afterwards gets only the newest state of each event."""
+write in the gateway, delays no one, and afterwards gets only the newest state of each event.
+Last, ``python -m gateway`` with SLOTLOCK_WORKERS=2: two processes serving the one port."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from gateway.__main__ import build_server
 from gateway.app import Gateway
 from gateway.fanout import AvailabilityFanout, TransportSink
 from gateway.settings import Settings
+from slotlock_cli.devstack import free_port
 from tests.unit.test_gateway import availability
 
 pytestmark = pytest.mark.timeout(60)
@@ -199,3 +207,68 @@ async def test_a_browser_that_stops_reading_holds_one_write_and_delays_no_one(
     await stuck.read_until(lambda b: b.latest() == dict.fromkeys(events, rounds + 1))
     seen = sum(1 for name, _ in stuck.frames if name == "availability")
     assert seen <= len(events) * 4, seen
+
+
+def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
+    """SLOTLOCK_WORKERS=2: two gateway processes under one parent, each serving streams on the
+    same port; SIGTERM to the parent stops them all."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "SLOTLOCK_WORKERS": "2",
+        "SLOTLOCK_GATEWAY_PORT": str(port),
+        "SLOTLOCK_RESERVATION_ADDR": "127.0.0.1:9",
+        "SLOTLOCK_AVAILABILITY_ADDR": "127.0.0.1:9",
+        "SLOTLOCK_LOG_LEVEL": "WARNING",
+    }
+    log = (tmp_path / "gateway.log").open("wb")
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "gateway"], env=env, cwd=tmp_path, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 30
+        workers: list[psutil.Process] = []
+        while len(workers) < 2 or not all(_listens(worker, port) for worker in workers):
+            assert parent.poll() is None, (tmp_path / "gateway.log").read_text()
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+            workers = [
+                child
+                for child in psutil.Process(parent.pid).children()
+                if "worker" in " ".join(child.cmdline())  # its title: "... worker 1/2 :PORT"
+            ]
+        # 32 browsers: the kernel spreads them over both workers (all on one: 2 in 2**32).
+        streams = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
+        for sock in streams:
+            sock.sendall(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        for sock in streams:
+            data = b""
+            while b"event: status" not in data:
+                data += sock.recv(65536)
+        served = [
+            sum(
+                1
+                for c in worker.net_connections("tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+            )
+            for worker in workers
+        ]
+        assert sum(served) == 32 and all(served), served
+        for sock in streams:
+            sock.close()
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(20) == 0
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        log.close()
+
+
+def _listens(process: psutil.Process, port: int) -> bool:
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+        for c in process.net_connections("tcp")
+    )
