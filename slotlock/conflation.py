@@ -33,20 +33,32 @@ class Mailbox(Generic[K, V]):
     to every mailbox (``is_newer`` against the writer's own table), not once per mailbox: with
     thousands of readers that check would cost more than the offer itself. Values come out in the
     order their keys were first offered since the last take.
+
+    The wake-up is one future of the reader's loop, made per wait, rather than an
+    ``asyncio.Event``: ``Event.wait`` looks its loop up every time (a ``getpid`` system call
+    inside ``get_running_loop``), about 5% of an availability worker's CPU at 1,000 watchers.
     """
 
-    __slots__ = ("_closed", "_slots", "_wake")
+    __slots__ = ("_closed", "_loop", "_slots", "_waiter")
 
     def __init__(self) -> None:
         self._slots: dict[K, V] = {}
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the reader's, at its first wait
         self._closed = False
 
     def offer(self, key: K, value: V) -> None:
         """Put ``value`` in the slot of ``key``, replacing what waited there, and wake the
         reader. Never blocks, never awaits."""
         self._slots[key] = value
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # a reader that timed out or was cancelled left it done
+                waiter.set_result(None)
 
     @property
     def backlog(self) -> int:
@@ -65,19 +77,20 @@ class Mailbox(Generic[K, V]):
         """Everything waiting; empties the mailbox."""
         batch = list(self._slots.values())
         self._slots.clear()
-        self._wake.clear()
         return batch
 
     async def wait(self, timeout: float | None = None) -> None:
         """Return once something waits or the mailbox is closed, or after ``timeout`` seconds
         of quiet (a reader that sends keep-alives wants that)."""
         while not self._slots and not self._closed:
-            self._wake.clear()
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            waiter = self._waiter = self._loop.create_future()
             if timeout is None:
-                await self._wake.wait()
+                await waiter
                 continue
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(waiter, timeout)
             except TimeoutError:
                 return
 
@@ -90,4 +103,4 @@ class Mailbox(Generic[K, V]):
     def close(self) -> None:
         """Wake the reader for good: what still waits is delivered, then batches are empty."""
         self._closed = True
-        self._wake.set()
+        self._wake()

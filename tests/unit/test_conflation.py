@@ -106,3 +106,19 @@ async def test_pop_takes_one_slot_alone() -> None:
     assert mailbox.pop("status") == "live"
     assert mailbox.pop("status") is None
     assert mailbox.take() == ["a1"]
+
+
+async def test_a_reader_cancelled_while_waiting_leaves_the_mailbox_usable() -> None:
+    mailbox: Mailbox[str, int] = Mailbox()
+    waiting = asyncio.create_task(mailbox.next_batch())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    mailbox.offer("a", 1)  # wakes nobody, raises nothing
+    again = asyncio.create_task(mailbox.next_batch())
+    assert await asyncio.wait_for(again, 1) == [1]
+    waiting_again = asyncio.create_task(mailbox.next_batch())
+    await asyncio.sleep(0)
+    mailbox.offer("a", 2)
+    assert await asyncio.wait_for(waiting_again, 1) == [2]
