@@ -7,20 +7,24 @@ Two ways to make the holds (the first line printed says which ran):
 - ``--via database`` (the default): every hold is placed straight into the database beforehand
   (the events' pending counters raised to match), with expires_at spread evenly over the window,
   which starts ``--lead`` seconds later. The due rate, ``--holds / --spread`` per second, is then
-  offered exactly whatever CreateHold could do on this machine; the service learns of the holds
+  offered exactly, whatever CreateHold could do on this machine; the service learns of the holds
   the way it learns of another replica's (its expirer re-checks at least every
   SLOTLOCK_EXPIRY_RECHECK_S, so ``--lead`` must exceed that).
 - ``--via grpc``: holds made through CreateHold at ``--holds / --spread`` per second, each due
   ``--ttl`` seconds after it was made. A single client on a small machine may not keep that pace;
   then the command says so, with the rate it did offer, since the lag describes a gentler load.
 
-Besides the lag on the feed it prints the claim lag (expires_at to the expirer's clock reading
-when it released the hold, from the database), checks that every hold expired exactly once (no
-duplicate on the feed, every event's pending count back to zero) and the service's CPU.
+Besides the lag on the feed it prints where it went (the expirer's claim: expires_at to the clock
+of the pass that released the hold; the outbox rows: their transaction's start to marked
+published), checks that every hold expired exactly once (no duplicate on the feed, every event's
+pending count back to zero), and prints the service's CPU and how much CPU other processes on
+the machine took meanwhile (on a shared machine they inflate the lags).
 
-Last line JSON: {"via": ..., "lag_p50_ms": ..., "lag_p99_ms": ..., "lag_max_ms": ...,
-"claim_p99_ms": ..., "due_per_s": ..., "requested_per_s": ..., "rate_offered": bool,
-"expired": ..., "missing": ..., "duplicates": ..., "service_cpu_s": ...}
+Last line JSON: {"via", "holds", "due_per_s", "requested_per_s", "rate_offered" (bool),
+"expired", "missing", "duplicates", "pending_left", "service_cpu_s", "our_cpu_s", "other_cpu_s",
+"lag_p50_ms", "lag_p99_ms", "lag_max_ms", "claim_p50_ms", "claim_p99_ms", "expiry_passes",
+"outbox_p50_ms", "outbox_p99_ms"}; exit code 1 when a hold was not seen expiring, was seen twice,
+or left a seat counted pending.
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         events = [create_hot_event(system, f"BENCH-EXP-{i}") for i in range(args.events)]
         service = _process_tree(system.service("reservation").process.pid)
         cpu_before = _cpu_seconds(service)
+        machine = MachineLoad(_postmaster_pid(system))
         if args.via == "database":
             print(
                 f"mode: --via database: {args.holds} holds placed straight into the database, "
@@ -159,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
             )
             rate_offered = offered >= requested * 0.95
         service_cpu = _cpu_seconds(service) - cpu_before
+        ours, others, wall = machine.stop()
         stages = Stages(system.database_url, expires, events)
         claims, pending_left = stages.claims, stages.pending_left
 
@@ -218,6 +224,17 @@ def run(args: argparse.Namespace) -> int:
         )
         result.update(outbox_p50_ms=round(r50, 2), outbox_p99_ms=round(r99, 2))
     print(f"service CPU over the run: {service_cpu:.2f} s (every worker process)")
+    cores = os.cpu_count() or 1
+    print(
+        f"machine over the run ({wall:.1f} s, {cores} cores): this benchmark's processes (client, "
+        f"service, Postgres, NATS) {ours:.2f} CPU-s, other processes {others:.2f} CPU-s"
+        + (
+            f" -- other load took {others / wall / cores:.0%} of the machine: lags are inflated"
+            if others > 0.15 * wall * cores
+            else ""
+        )
+    )
+    result.update(our_cpu_s=round(ours, 2), other_cpu_s=round(others, 2))
     problems = []
     if missing:
         problems.append(f"{missing} of {len(expires)} expiries not seen on the feed in time")
@@ -294,6 +311,69 @@ async def _via_grpc(
         await watch.wait(timeout=args.ttl + 60)
     await watch.stop()
     return expires, watch, (args.holds / offered_s if offered_s > 0 else 0.0)
+
+
+class MachineLoad:
+    """CPU the whole machine used from now to ``stop()``, split into this benchmark's processes
+    (this one and every descendant: service, Postgres, NATS) and every other process: on a
+    shared machine, other load inflates the lags, and the output says how much there was."""
+
+    def __init__(self, *also: int | None) -> None:
+        import psutil
+
+        self._me = psutil.Process()
+        self._roots = [self._me]  # and each pid in ``also``, with its children (a daemon's)
+        for pid in also:
+            if pid is not None:
+                with contextlib.suppress(psutil.Error):
+                    self._roots.append(psutil.Process(pid))
+        self._started = time.monotonic()
+        self._machine = self._busy()
+        self._ours = self._tree()
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+
+        times = psutil.cpu_times()
+        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+    def _tree(self) -> dict[int, float]:
+        import psutil
+
+        found: dict[int, float] = {}
+        for process in [p for root in self._roots for p in [root, *_children(root)]]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                found[process.pid] = times.user + times.system
+        return found
+
+    def stop(self) -> tuple[float, float, float]:
+        """(CPU-s of ours, CPU-s of the other processes, seconds elapsed)."""
+        ours_now = self._tree()
+        ours = sum(cpu - self._ours.get(pid, 0.0) for pid, cpu in ours_now.items())
+        machine = self._busy() - self._machine
+        return ours, max(machine - ours, 0.0), time.monotonic() - self._started
+
+
+def _children(process: Any) -> list[Any]:
+    import psutil
+
+    try:
+        found: list[Any] = process.children(recursive=True)
+    except psutil.Error:
+        return []
+    return found
+
+
+def _postmaster_pid(system: Any) -> int | None:
+    """The embedded Postgres server's pid: pg_ctl daemonizes it, so it is no child of ours."""
+    postgres = getattr(system.stack, "postgres", None)
+    if postgres is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        return int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
+    return None
 
 
 class Stages:
