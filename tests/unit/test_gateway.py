@@ -3,6 +3,7 @@ event, never a queue), version ordering, request parsing and settings."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -54,11 +55,13 @@ class Socket:
         self.writes: list[bytes] = []
         self.full = False
         self.closed = False
+        self.wrote = asyncio.Event()
 
     def write(self, data: bytes) -> bool:
         if self.full:
             return False
         self.writes.append(data)
+        self.wrote.set()
         return True
 
     def close(self) -> None:
@@ -167,6 +170,26 @@ def test_a_big_catalog_is_one_shared_write_and_frames_are_chunked_for_http_1_1()
     assert sinks[0].writes[0] is sinks[1].writes[0] is sinks[2].writes[0]
     size, _, rest = chunked.writes[0].partition(b"\r\n")
     assert int(size, 16) == len(sinks[0].writes[0]) and rest == sinks[0].writes[0] + b"\r\n"
+
+
+async def test_the_writer_sends_keepalives_when_the_feed_is_quiet_and_stop_closes_streams() -> None:
+    fanout = AvailabilityFanout(stub=None, health=None, settings=Settings(sse_keepalive_s=0.05))
+    writer = asyncio.create_task(fanout._write_loop())
+    try:
+        sink = browser(fanout)
+        chunked = Socket()
+        chunked.chunked = True
+        fanout.start_browser(fanout.subscribe(chunked))
+        async with asyncio.timeout(5):
+            while len(sink.writes) < 3 or len(chunked.writes) < 3:
+                sink.wrote.clear()
+                await sink.wrote.wait()
+        assert sink.writes[1:3] == [b": keepalive\n\n"] * 2
+        assert chunked.writes[1] == b"d\r\n: keepalive\n\n\r\n"
+    finally:
+        writer.cancel()
+    await fanout.stop()
+    assert sink.closed and chunked.closed
 
 
 def test_frames_are_single_line_json() -> None:
