@@ -140,6 +140,27 @@ def reservation_params(reservation: Reservation) -> Params:
     }
 
 
+def reservations_params(reservations: Sequence[Reservation]) -> Params:
+    """Array parameters for batches.sql update_reservations: ``reservation_params`` of each."""
+    payments = [r.payment for r in reservations]
+    return {
+        "ids": [r.id for r in reservations],
+        "statuses": [r.status.value for r in reservations],
+        "updated_at": [r.updated_at for r in reservations],
+        "payment_references": [r.payment_reference for r in reservations],
+        "provider_order_ids": [p.provider_order_id if p else None for p in payments],
+        "virtual_account_numbers": [p.virtual_account_number if p else None for p in payments],
+        "qr_codes": [p.qr_code if p else None for p in payments],
+        "qr_code_urls": [p.qr_code_url if p else None for p in payments],
+        "refund_reasons": [r.refund_reason for r in reservations],
+        "expires_at": [r.expires_at for r in reservations],
+        "payment_grace_until": [r.payment_grace_until for r in reservations],
+        "extensions": [r.extensions for r in reservations],
+        "paid_late": [r.paid_late for r in reservations],
+        "refunded_quantities": [r.refunded_quantity for r in reservations],
+    }
+
+
 def history_params(changes: Sequence[Change], default_actor: str) -> Params:
     """Array parameters for the history rows written beside the outbox rows (one per change)."""
     return {

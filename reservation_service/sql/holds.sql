@@ -69,7 +69,7 @@ LIMIT %(limit)s;
 WITH published AS (
     INSERT INTO outbox (event_id, payload, trace_context)
     SELECT event_id, payload, %(trace_context)s::text
-    FROM unnest(%(event_ids)s::uuid[], %(payloads)s::bytea[])
+    FROM unnest(%(event_ids)b::uuid[], %(payloads)b::bytea[])
          WITH ORDINALITY AS c (event_id, payload, n)
     ORDER BY n
 )
@@ -77,10 +77,10 @@ INSERT INTO history (event_id, reservation_id, occurred_at, actor, change_type,
                      reservation_status, seats, event_version, reason, detail)
 SELECT event_id, reservation_id, occurred_at, actor, change_type, reservation_status, seats,
        event_version, reason, detail
-FROM unnest(%(h_event_ids)s::uuid[], %(h_reservation_ids)s::uuid[],
-            %(h_occurred_at)s::timestamptz[], %(h_actors)s::text[], %(h_types)s::text[],
-            %(h_statuses)s::text[], %(h_seats)s::int[], %(h_versions)s::bigint[],
-            %(h_reasons)s::text[], %(h_details)s::text[]) WITH ORDINALITY
+FROM unnest(%(h_event_ids)b::uuid[], %(h_reservation_ids)b::uuid[],
+            %(h_occurred_at)b::timestamptz[], %(h_actors)b::text[], %(h_types)b::text[],
+            %(h_statuses)b::text[], %(h_seats)b::int[], %(h_versions)b::bigint[],
+            %(h_reasons)b::text[], %(h_details)b::text[]) WITH ORDINALITY
      AS h (event_id, reservation_id, occurred_at, actor, change_type, reservation_status, seats,
            event_version, reason, detail, n)
 ORDER BY n;

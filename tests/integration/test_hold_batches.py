@@ -14,7 +14,7 @@ import pytest
 
 from reservation_service import errors
 from reservation_service.application import Hold
-from reservation_service.holds import HoldRequest, TicketType
+from reservation_service.holds import HoldRequest, PaymentAttempt, TicketType
 from slotlock.errors import SlotlockError
 from slotlock.v1 import reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
@@ -178,3 +178,55 @@ async def test_concurrent_confirms_and_releases_settle_together_each_with_its_ou
             ).fetchone()
             # 10 holds each: 5 paid (2 seats), 5 released; one version and outbox row per change.
             assert row == (10, 0, 21, 21), row
+
+
+async def test_a_settled_batch_stores_each_reservation_as_its_outcome_reads(
+    start_reservation: StartReservation, database_url: str
+) -> None:
+    """A batch's reservations are written by one statement: each row, field by field, is the
+    reservation its caller was answered with (no value lands on another row)."""
+    server = await start_reservation()
+    async with open_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = ReservationServiceStub(channel)
+        event = await stub.UpsertEvent(event_request("SETTLE-ROWS", capacity=100))
+    reservations = server.reservations
+    assert reservations is not None
+    placed = await asyncio.gather(
+        *(reservations.create_hold(hold_request(event.id, f"r{n}", 1 + n % 3)) for n in range(12))
+    )
+    for n, hold in enumerate(placed[:6]):  # payment details on some, in progress on a few
+        await reservations.record_payment_attempt(
+            hold.reservation.id,
+            hold.token,
+            PaymentAttempt(f"order-{n}", f"va-{n}", "qr", ""),
+            n % 2 == 0,
+        )
+    outcomes = await asyncio.gather(
+        *(
+            reservations.confirm_hold(hold.reservation.id, hold.token, f"pay-{n}")
+            if n % 3
+            else reservations.release_hold(hold.reservation.id, hold.token)
+            for n, hold in enumerate(placed)
+        )
+    )
+    columns = (
+        "status, payment_reference, provider_order_id, virtual_account_number, qr_code,"
+        " updated_at, expires_at, payment_grace_until, quantity"
+    )
+    with psycopg.connect(database_url) as conn:
+        for outcome in outcomes:
+            row = conn.execute(
+                f"SELECT {columns} FROM reservations WHERE id = %s", (outcome.id,)
+            ).fetchone()
+            payment = outcome.payment
+            assert row == (
+                outcome.status.value,
+                outcome.payment_reference,
+                payment.provider_order_id if payment else None,
+                payment.virtual_account_number if payment else None,
+                payment.qr_code if payment else None,
+                outcome.updated_at,
+                outcome.expires_at,
+                outcome.payment_grace_until,
+                outcome.quantity,
+            ), outcome
