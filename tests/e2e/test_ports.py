@@ -146,8 +146,9 @@ def test_services_carry_readable_names_and_a_second_replica_refuses(
             f"slotlock-reservation worker 1/2 :{port}",
             f"slotlock-reservation worker 2/2 :{port}",
         ]
-        assert titles["availability"] == f"slotlock-availability :{ports['availability']}"
-        assert titles["gateway"] == f"slotlock-gateway :{ports['gateway']}"
+        # SLOTLOCK_WORKERS applies to every service and the gateway alike.
+        assert titles["availability"] == f"slotlock-availability 2 workers :{ports['availability']}"
+        assert titles["gateway"] == f"slotlock-gateway 2 workers :{ports['gateway']}"
 
         # A second replica (two workers too) on the first one's port does not join it.
         second = system.add_service("reservation", port=port)
