@@ -75,9 +75,47 @@ def _seconds_and_nanos(moment: datetime) -> tuple[int, int]:
     return stamp.seconds, stamp.nanos
 
 
+# What a seat change leaves alone, converted once per event and state of it: the changes of a
+# batch each carry their event as it stood after them, differing only in the counters.
+_UNCHANGING: dict[str, tuple[tuple[object, ...], catalog_pb2.Event]] = {}
+_MAX_UNCHANGING = 4096
+
+
 def event_to_proto(event: Event) -> catalog_pb2.Event:
+    key = (
+        event.code,
+        event.experience_title,
+        event.local_date,
+        event.local_start_time,
+        event.time_zone,
+        event.starts_at,
+        event.capacity,
+        event.experience_only_enabled,
+        event.dinner_price,
+        event.experience_only_price,
+        event.overrides,
+    )
+    cached = _UNCHANGING.get(event.id)
+    if cached is None or cached[0] != key:
+        if len(_UNCHANGING) >= _MAX_UNCHANGING:
+            _UNCHANGING.clear()
+        cached = _UNCHANGING[event.id] = (key, _unchanging_part(event))
+    message = catalog_pb2.Event()
+    message.CopyFrom(cached[1])
+    message.status = EVENT_STATUS_TO_PROTO[event.reported_status]
+    message.paid = event.paid
+    message.pending = event.pending
+    message.available = event.available
+    message.version = event.version
+    if event.next_hold_lapses_at is not None:
+        message.next_hold_lapses_at.CopyFrom(timestamp(event.next_hold_lapses_at))
+    return message
+
+
+def _unchanging_part(event: Event) -> catalog_pb2.Event:
+    """``event`` as protobuf but for its status, counters, version and next lapse."""
     o = event.overrides
-    message = catalog_pb2.Event(
+    return catalog_pb2.Event(
         id=event.id,
         code=event.code,
         experience_title=event.experience_title,
@@ -86,7 +124,6 @@ def event_to_proto(event: Event) -> catalog_pb2.Event:
         time_zone=event.time_zone,
         starts_at=timestamp(event.starts_at),
         capacity=event.capacity,
-        status=EVENT_STATUS_TO_PROTO[event.reported_status],
         experience_only_enabled=event.experience_only_enabled,
         dinner_price=catalog_pb2.Money(
             amount=event.dinner_price.amount, currency=event.dinner_price.currency
@@ -95,18 +132,11 @@ def event_to_proto(event: Event) -> catalog_pb2.Event:
             amount=event.experience_only_price.amount,
             currency=event.experience_only_price.currency,
         ),
-        paid=event.paid,
-        pending=event.pending,
-        available=event.available,
-        version=event.version,
         hold_ttl_s=o.hold_ttl_s or 0,
         max_seats_per_hold=o.max_seats_per_hold or 0,
         max_seats_per_customer=o.max_seats_per_customer or 0,
         max_hold_lifetime_s=o.max_hold_lifetime_s or 0,
     )
-    if event.next_hold_lapses_at is not None:
-        message.next_hold_lapses_at.CopyFrom(timestamp(event.next_hold_lapses_at))
-    return message
 
 
 def reservation_to_proto(reservation: Reservation) -> catalog_pb2.Reservation:
