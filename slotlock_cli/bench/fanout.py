@@ -18,7 +18,8 @@ to the first watcher (the path through the services and the feed), then from the
 to the last (the sweep over every stream).
 
 Prints figures; the last line is JSON: watchers, p50_ms, p99_ms, max_ms, delivered_ratio, rss_mb,
-per_watcher_kb, driver, workers, first_p99_ms, sweep_p99_ms, pinned, client.
+per_watcher_kb, driver, workers, other_cpu_s (CPU-s other processes used while changing: load
+that is not this benchmark's inflates the figures), first_p99_ms, sweep_p99_ms, pinned, client.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 
 from slotlock.feed import Feed
 from slotlock_cli import builders
+from slotlock_cli.bench.expiry import MachineLoad, _postmaster_pid
 from slotlock_cli.bench.holds import BENCH_ENV
 from slotlock_cli.system import System
 
@@ -631,6 +633,7 @@ def run(args: argparse.Namespace) -> int:
         rss_watching = service.rss()
 
         cpu_before = service.cpu_s()
+        machine = MachineLoad(_postmaster_pid(system))
         client_cpu_before = [psutil.Process(c.pid).cpu_times() for c in clients]
         times: list[float] = []
         interval = 1.0 / args.rate
@@ -641,6 +644,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(max(0.0, next_at - time.monotonic()))
         rss_after = service.rss()
         service_cpu = service.cpu_s() - cpu_before
+        ours, others, wall = machine.stop()
         client_cpu = sum(
             after.user + after.system - before.user - before.system
             for before, after in zip(
@@ -654,6 +658,19 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"CPU while changing: service {service_cpu:.2f}s ({share:.0%} of a core), "
             f"watcher clients {client_cpu:.2f}s; service {per_delivery_us:.1f} us per delivery"
+        )
+
+        cores = os.cpu_count() or 1
+        print(
+            f"machine while changing ({wall:.1f} s, {cores} cores): this benchmark's processes "
+            f"(services, watcher clients, Postgres, NATS) {ours:.2f} CPU-s, other processes "
+            f"{others:.2f} CPU-s"
+            + (
+                f" -- other load took {others / wall / cores:.0%} of the machine: latencies are "
+                "inflated"
+                if others > 0.15 * wall * cores
+                else ""
+            )
         )
 
         latencies: list[float] = []
@@ -712,6 +729,7 @@ def run(args: argparse.Namespace) -> int:
         )
         figures["driver"] = "reservation" if isinstance(driver, ReservationDriver) else "publish"
         figures["workers"] = args.workers
+        figures["other_cpu_s"] = round(others, 2)
         if reached:
             figures["first_p99_ms"] = round(percentile(reached, 0.99), 2)
             figures["sweep_p99_ms"] = round(percentile(sweeps, 0.99), 2)
