@@ -174,6 +174,8 @@ class AvailabilityFanout:
         metrics.SSE_CLIENTS.set_function(lambda: len(self._browsers))
         self._dirty = asyncio.Event()
         self._retry_at: asyncio.TimerHandle | None = None
+        self._swept = 0  # the sequence number the last full pass started at
+        self._behind: list[Browser] = []  # left behind by the last pass (busy), or new
         self.live = False
         self.message = "connecting to the availability service"
         self._changed(STATUS_SLOT, self._make_status_frame())
@@ -209,6 +211,7 @@ class AvailabilityFanout:
 
     def start_browser(self, browser: Browser) -> None:
         browser.cursor = 0
+        self._behind.append(browser)
         self._dirty.set()
 
     def unsubscribe(self, browser: Browser) -> None:
@@ -263,14 +266,25 @@ class AvailabilityFanout:
     async def _sweep(self) -> int:
         """One pass over the browsers, yielding to the loop now and then; how many were busy.
         Changes that arrive meanwhile reach the browsers not yet passed in this sweep and the
-        others in the next one."""
-        busy = 0
-        for n, browser in enumerate(list(self._browsers), 1):
-            if not self._write(browser) and browser.cursor not in (self._seq, NOT_STARTED):
-                busy += browser in self._browsers
+        others in the next one. Without a change since the last pass, only the browsers left
+        behind (busy, or new) are visited: a browser that stays stuck costs a check per retry,
+        not a pass over everyone."""
+        if self._seq != self._swept:
+            self._swept = self._seq
+            candidates = list(self._browsers)
+        else:
+            candidates = self._behind
+        self._behind = []
+        for n, browser in enumerate(candidates, 1):
+            if (
+                not self._write(browser)
+                and browser.cursor not in (self._seq, NOT_STARTED)
+                and browser in self._browsers
+            ):
+                self._behind.append(browser)
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        return busy
+        return len(self._behind)
 
     def _keepalive(self) -> None:
         """A comment line to every idle browser, so that proxies keep quiet streams open."""
