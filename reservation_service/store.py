@@ -457,11 +457,10 @@ class ReservationStore:
                         "event_ids": [c.event.id for c in changes],
                         "payloads": [self._encode(c) for c in changes],
                         "trace_context": tracing.current_traceparent(),
+                        "notify": self._notify,
                         **rows.history_params(changes, actor),
                     },
                 )
-                if self._notify:
-                    await cur.execute(HOLDS["notify_outbox"])
             return result, changes
 
         result, changes = await self.db.run(transaction, retry_also=retry_also, pipeline=pipeline)

@@ -65,25 +65,29 @@ LIMIT %(limit)s;
 -- name: insert_outbox
 -- WITH ORDINALITY keeps the rows' id order the order of the changes. trace_context: the
 -- transaction's traceparent (NULL with tracing off), sent on by the relay. The same statement
--- writes each change's history row (migration 0006): no extra round trip per transaction.
+-- writes each change's history row (migration 0006) and, with notify, the hint for relays in
+-- other replicas (pg_notify, delivered at commit; this replica wakes its own relay in-process):
+-- no extra statement per transaction.
 WITH published AS (
     INSERT INTO outbox (event_id, payload, trace_context)
     SELECT event_id, payload, %(trace_context)s::text
     FROM unnest(%(event_ids)b::uuid[], %(payloads)b::bytea[])
          WITH ORDINALITY AS c (event_id, payload, n)
     ORDER BY n
+), recorded AS (
+    INSERT INTO history (event_id, reservation_id, occurred_at, actor, change_type,
+                         reservation_status, seats, event_version, reason, detail)
+    SELECT event_id, reservation_id, occurred_at, actor, change_type, reservation_status,
+           seats, event_version, reason, detail
+    FROM unnest(%(h_event_ids)b::uuid[], %(h_reservation_ids)b::uuid[],
+                %(h_occurred_at)b::timestamptz[], %(h_actors)b::text[], %(h_types)b::text[],
+                %(h_statuses)b::text[], %(h_seats)b::int[], %(h_versions)b::bigint[],
+                %(h_reasons)b::text[], %(h_details)b::text[]) WITH ORDINALITY
+         AS h (event_id, reservation_id, occurred_at, actor, change_type, reservation_status,
+               seats, event_version, reason, detail, n)
+    ORDER BY n
 )
-INSERT INTO history (event_id, reservation_id, occurred_at, actor, change_type,
-                     reservation_status, seats, event_version, reason, detail)
-SELECT event_id, reservation_id, occurred_at, actor, change_type, reservation_status, seats,
-       event_version, reason, detail
-FROM unnest(%(h_event_ids)b::uuid[], %(h_reservation_ids)b::uuid[],
-            %(h_occurred_at)b::timestamptz[], %(h_actors)b::text[], %(h_types)b::text[],
-            %(h_statuses)b::text[], %(h_seats)b::int[], %(h_versions)b::bigint[],
-            %(h_reasons)b::text[], %(h_details)b::text[]) WITH ORDINALITY
-     AS h (event_id, reservation_id, occurred_at, actor, change_type, reservation_status, seats,
-           event_version, reason, detail, n)
-ORDER BY n;
+SELECT pg_notify('slotlock_outbox', '') WHERE %(notify)s::boolean;
 
 -- name: list_history
 -- ListChanges: one event's or one reservation's history, oldest first, a page after after_id.
@@ -93,7 +97,3 @@ WHERE (%(event_id)s::uuid IS NULL OR event_id = %(event_id)s::uuid)
   AND id > %(after_id)s
 ORDER BY id
 LIMIT %(limit)s;
-
--- name: notify_outbox
--- A hint for relays in other replicas; this replica wakes its own relay in-process.
-SELECT pg_notify('slotlock_outbox', '');

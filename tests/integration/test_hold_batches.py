@@ -11,10 +11,15 @@ from dataclasses import replace
 import grpc
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
 
-from reservation_service import errors
+from reservation_service import convert, errors
 from reservation_service.application import Hold
-from reservation_service.holds import HoldRequest, PaymentAttempt, TicketType
+from reservation_service.convert import event_spec_from_proto
+from reservation_service.db import Database
+from reservation_service.holds import HoldPolicy, HoldRequest, PaymentAttempt, TicketType
+from reservation_service.store import ReservationStore
 from slotlock.errors import SlotlockError
 from slotlock.v1 import reservation_pb2
 from slotlock.v1.reservation_pb2_grpc import ReservationServiceStub
@@ -230,3 +235,35 @@ async def test_a_settled_batch_stores_each_reservation_as_its_outcome_reads(
                 outcome.payment_grace_until,
                 outcome.quantity,
             ), outcome
+
+
+@pytest.mark.parametrize("notify", [True, False])
+async def test_a_write_hints_the_relays_of_other_replicas_at_commit_when_asked(
+    database_url: str, notify: bool
+) -> None:
+    """The outbox statement also sends the NOTIFY that wakes other replicas' relays (no
+    statement of its own): delivered once the batch commits, and only when configured."""
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] = AsyncConnectionPool(
+        database_url, min_size=1, max_size=2, open=False
+    )
+    await pool.open(wait=True)
+    listener = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    try:
+        await listener.execute("LISTEN slotlock_outbox")
+        store = ReservationStore(
+            Database(pool), convert.change_payload, notify_other_replicas=notify
+        )
+        event = await store.upsert_event(event_spec_from_proto(event_request("NOTIFY-1")))
+        outcomes = await store.create_holds([hold_request(event.id, "n1")], HoldPolicy())
+        assert not isinstance(outcomes[0], SlotlockError)
+        heard = []
+        try:
+            async with asyncio.timeout(1.0):
+                async for note in listener.notifies():
+                    heard.append(note.channel)
+        except TimeoutError:
+            pass
+        assert heard == (["slotlock_outbox"] * 2 if notify else []), heard
+    finally:
+        await listener.close()
+        await pool.close()
