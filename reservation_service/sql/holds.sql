@@ -5,9 +5,9 @@ SELECT *, clock_timestamp() AS db_now FROM events WHERE id = %(id)s FOR UPDATE;
 -- name: customer_seats
 -- Per-customer limits: the seats each customer of a batch holds or has paid for on the event, read
 -- once per batch after the event row is locked (so no concurrent batch can add to them), and only
--- for events with a limit.
+-- for events with a limit. customer_ref <> '' matches the index (migration 0007).
 SELECT customer_ref, sum(quantity - refunded_quantity)::int AS seats FROM reservations
-WHERE event_id = %(event_id)s AND customer_ref = ANY(%(customer_refs)s)
+WHERE event_id = %(event_id)s AND customer_ref = ANY(%(customer_refs)s) AND customer_ref <> ''
   AND status IN ('PENDING', 'PAID')
 GROUP BY customer_ref;
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import grpc
 import psycopg
@@ -267,3 +268,45 @@ async def test_a_write_hints_the_relays_of_other_replicas_at_commit_when_asked(
     finally:
         await listener.close()
         await pool.close()
+
+
+def test_lapsed_holds_are_found_by_the_pending_index_before_any_analyze(database_url: str) -> None:
+    """CreateHold's lapsed-holds query must not read through the per-customer index: with it led
+    by event_id (migration 0006), a table not yet analyzed sent every batch through all of the
+    event's holds. The per-customer count still uses its index."""
+    from reservation_service.store import BATCHES, HOLDS
+
+    with psycopg.connect(database_url) as conn:
+        event_id = conn.execute(
+            "INSERT INTO events (id, code, experience_title, local_date, local_start_time,"
+            " time_zone, starts_at, capacity, pending, status, currency, dinner_price,"
+            " experience_only_price) VALUES (gen_random_uuid(), 'LAPSE-PLAN', 't', '2099-01-01',"
+            " '19:00', 'UTC', '2099-01-01T19:00Z', 100000, 20000, 'SCHEDULED', 'IDR', 1, 1)"
+            " RETURNING id"
+        ).fetchone()
+        assert event_id is not None
+        # One customer holds them all (the bench's shape), none lapsed; no ANALYZE.
+        conn.execute(
+            "INSERT INTO reservations (id, event_id, quantity, ticket_type, status, customer_ref,"
+            " created_at, updated_at, expires_at) SELECT gen_random_uuid(), %s, 1, 'DINNER',"
+            " 'PENDING', 'bench', now(), now(), now() + interval '1 day'"
+            " FROM generate_series(1, 20000)",
+            (event_id[0],),
+        )
+        lapsed = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN " + BATCHES["lock_lapsed_holds_of_events"],
+                {"event_ids": [event_id[0]], "now": datetime.now(UTC)},
+            ).fetchall()
+        )
+        assert "reservations_held_by_customer" not in lapsed, lapsed
+        assert "reservations_pending_by" in lapsed, lapsed
+        seats = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN " + HOLDS["customer_seats"],
+                {"event_id": event_id[0], "customer_refs": ["bench", "other"]},
+            ).fetchall()
+        )
+        assert "reservations_held_by_customer" in seats, seats
