@@ -4,7 +4,8 @@ A change carries an event's whole state after it, so a reader that falls behind 
 states it missed, only the newest. ``Mailbox`` keeps exactly that: the latest value per key plus
 a wake-up, never a queue. A slow reader therefore holds at most one value per key, costs its
 writer one dict store, and can never block it. The availability watch streams
-(``availability_service.watchers``) and the gateway's browsers (``gateway.fanout``) both use it.
+(``availability_service.watchers``) use it; the gateway's browsers (``gateway.fanout``) conflate
+the same way without a mailbox each: a browser is a cursor into the latest frame per event.
 
 ``is_newer`` is the one rule for "keep it if its version is newer": a re-delivered or stale
 message (same or lower version) is ignored, which is what makes every consumer idempotent.

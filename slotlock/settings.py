@@ -56,7 +56,7 @@ KNOWN_VARIABLES: Mapping[str, str] = {
     "SLOTLOCK_NOTIFY_OTHER_REPLICAS": "reservation",
     "SLOTLOCK_RUN_RELAY": "reservation",
     "SLOTLOCK_RUN_EXPIRER": "reservation",
-    "SLOTLOCK_WORKERS": "reservation, availability",
+    "SLOTLOCK_WORKERS": "reservation, availability, gateway",
     "SLOTLOCK_MIGRATE_ON_START": "reservation",
     "SLOTLOCK_OUTBOX_KEEP_PUBLISHED_S": "reservation",
     "SLOTLOCK_STREAM_MAX_AGE_S": "reservation (the relay sets it on the stream)",
