@@ -3,12 +3,17 @@ here, never from a conftest (pytest loads conftests itself; importing one runs i
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import psycopg
 
+from gateway.server import build_server
+from gateway.settings import Settings as GatewaySettings
 from reservation_service.server import ReservationServer
 from slotlock import auth, client
 from slotlock.grpc_server import ServerSecurity
@@ -68,3 +73,21 @@ SECURE_ENV: dict[str, str] = {
     "SLOTLOCK_INSECURE_PLAINTEXT": "true",
     "SLOTLOCK_HOLD_TOKEN_SECRET": TEST_HOLD_TOKEN_SECRET,
 }
+
+
+@contextlib.asynccontextmanager
+async def serving_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[int, Any]]:
+    """The gateway served by uvicorn in this event loop: its port and its app (``.state.gateway``);
+    stopped on exit."""
+    server = build_server(settings, log_level="warning")
+    serving = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert not serving.done(), "the gateway stopped while starting"
+        assert time.monotonic() < deadline, "the gateway did not start"
+        await asyncio.sleep(0.02)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1], server.config.app
+    finally:
+        server.should_exit = True
+        await serving

@@ -17,13 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.__main__ import build_server
 from gateway.settings import Settings
 from slotlock.feed import Feed
 from slotlock.identity import BOOKING, READER
 from slotlock.v1 import reservation_pb2, reservation_pb2_grpc
 from slotlock_cli.devstack import DevStack
 from slotlock_cli.system import System
+from tests.support import serving_gateway
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -48,18 +48,11 @@ async def gateway(system: System) -> AsyncIterator[httpx.AsyncClient]:
         demo_payments=True,
         secure_cookies=False,
     )
-    server = build_server(settings, log_level="warning")
-    serving = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert not serving.done(), "the gateway stopped while starting"
-        assert time.monotonic() < deadline, "the gateway did not start"
-        await asyncio.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    async with (
+        serving_gateway(settings) as (port, _),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
         yield client
-    server.should_exit = True
-    await serving
 
 
 class SseReader:

@@ -23,11 +23,11 @@ from typing import Any
 import psutil
 import pytest
 
-from gateway.__main__ import build_server
 from gateway.app import Gateway
 from gateway.fanout import AvailabilityFanout, TransportSink
 from gateway.settings import Settings
 from slotlock_cli.devstack import free_port
+from tests.support import serving_gateway
 from tests.unit.test_gateway import availability
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,19 +43,9 @@ async def gateway() -> AsyncIterator[tuple[int, AvailabilityFanout]]:
         watch_retry_max_s=0.5,
         secure_cookies=False,
     )
-    server = build_server(settings, log_level="warning")
-    serving = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert not serving.done(), "the gateway stopped while starting"
-        assert time.monotonic() < deadline, "the gateway did not start"
-        await asyncio.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    app: Any = server.config.app
-    gateway: Gateway = app.state.gateway
-    yield port, gateway.fanout
-    server.should_exit = True
-    await serving
+    async with serving_gateway(settings) as (port, app):
+        gateway: Gateway = app.state.gateway
+        yield port, gateway.fanout
 
 
 class Browser:
