@@ -1,14 +1,16 @@
-"""One replica as several processes sharing its port (``SLOTLOCK_WORKERS``), for both services.
+"""One replica as several processes sharing its port (``SLOTLOCK_WORKERS``), for the two
+services and the gateway.
 
 A Python process spends most of a call's CPU in gRPC itself (the reservation service's holds,
-the availability service's writes to thousands of watch streams), so one process per core is how
-a replica uses the machine. The parent claims the port (:func:`slotlock.grpc_server.claim_port`:
-another replica or service on it fails to start), starts the workers, and each binds the same
-port with SO_REUSEPORT; the kernel spreads connections over them. Each worker is a whole service
-with its own health, its own metrics endpoint (the metrics port + n; Prometheus adds them up) and
-its own drain; in ``ps`` the parent reads ``<service> N workers :PORT`` and each worker
-``<service> worker i/N :PORT``. SIGTERM or SIGINT to the parent drains every worker; a worker
-that dies stops the others (the supervisor restarts the replica, not half of it).
+the availability service's writes to thousands of watch streams) or in the kernel's sends (the
+gateway's Server-Sent Events), so one process per core is how a replica uses the machine. The
+parent claims the port (:func:`slotlock.grpc_server.claim_port`: another replica or service on it
+fails to start), starts the workers, and each binds the same port with SO_REUSEPORT; the kernel
+spreads connections over them. Each worker is a whole service with its own health, its own
+metrics endpoint (the metrics port + n; Prometheus adds them up) and its own drain; in ``ps`` the
+parent reads ``<service> N workers :PORT`` and each worker ``<service> worker i/N :PORT``. SIGTERM
+or SIGINT to the parent drains every worker; a worker that dies stops the others (the supervisor
+restarts the replica, not half of it).
 """
 
 from __future__ import annotations
