@@ -53,13 +53,16 @@ class Expirer:
         self._wake = asyncio.Event()
         self._planned_wake = 0.0  # clock() of the next planned pass
         self._noticed = math.inf  # earliest expires_at noticed since the running pass began
+        # The database's clock minus ``clock`` (as of the last pass): deadlines are read on the
+        # former, plans made on the latter; a skew between them must not delay a release.
+        self._skew = 0.0
 
     def notice_expiry(self, expires_at: datetime) -> None:
         """A hold due at ``expires_at`` was created: wake early if it is due before the plan
         (or, while a pass runs, plan for it when the pass ends)."""
         due = expires_at.timestamp()
         self._noticed = min(self._noticed, due)
-        if due < self._planned_wake:
+        if due - self._skew < self._planned_wake:
             self._wake.set()
 
     async def expire_now(self) -> ExpiryPass:
@@ -69,7 +72,10 @@ class Expirer:
         released = 0
         checked: int | None = None
         while True:
+            before = self._clock()
             step = await self._store.expire_due_holds(self._batch)
+            if step.db_now is not None:  # read after ``before``: errs towards waking early
+                self._skew = step.db_now.timestamp() - before
             released += step.released
             checked = step.checked if checked is None else checked
             if step.released < self._batch:
@@ -94,7 +100,7 @@ class Expirer:
                 until_next = 1.0
             delay = self._recheck_s if until_next is None else min(until_next, self._recheck_s)
             # A hold made here while the pass ran (its notice found the old plan in the past).
-            delay = min(delay, self._noticed - self._clock())
+            delay = min(delay, self._noticed - self._skew - self._clock())
             delay = max(delay, 0.0) + 0.002  # land just after the deadline, not just before
             self._planned_wake = self._clock() + delay
             self._wake.clear()

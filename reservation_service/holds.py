@@ -233,11 +233,13 @@ class HistoryEntry:
 class ExpiryPass:
     """What one expiry pass did: holds released, and how many were due when it started;
     ``next_lapse_s``: seconds from the pass's clock reading to the earliest PENDING hold it left
-    (None: none pending), so the expirer plans its next pass without another query."""
+    (None: none pending), so the expirer plans its next pass without another query;
+    ``db_now``: that clock reading (the database's), against which the expirer sets its own."""
 
     released: int
     checked: int
     next_lapse_s: float | None = None
+    db_now: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -413,7 +413,7 @@ class ReservationStore:
             next_lapse_s = None if next_lapse is None else (next_lapse - now).total_seconds()
             claimed = [rows.reservation_from_row(row) for row in found if row["id"] is not None]
             if not claimed:
-                return ExpiryPass(0, checked, next_lapse_s), []
+                return ExpiryPass(0, checked, next_lapse_s, now), []
             event_ids = sorted({r.event_id for r in claimed})
             await cur.execute(EXPIRY["lock_events"], {"ids": event_ids})
             events = {str(row["id"]): rows.event_from_row(row) for row in await cur.fetchall()}
@@ -429,7 +429,8 @@ class ReservationStore:
                 HOLDS["update_event_counters"],
                 [rows.counter_params(e, now) for e in events.values()],
             )
-            return ExpiryPass(len(expired), max(checked, len(expired)), next_lapse_s), changes
+            passed = ExpiryPass(len(expired), max(checked, len(expired)), next_lapse_s, now)
+            return passed, changes
 
         return await self._write(work, pipeline=True)
 

@@ -196,3 +196,38 @@ async def test_next_pass_is_planned_from_the_pass_and_counts_its_own_time() -> N
 
     result = await Expirer(Slow(), clock=lambda: clock[0]).expire_now()
     assert result.next_lapse_s == pytest.approx(3.5)
+
+
+async def test_deadlines_on_the_database_clock_are_planned_on_this_process_clock() -> None:
+    """expires_at comes from the database's clock, the plan from this process's clock: with the
+    database 5 s ahead, a hold made during a pass and due 3 s later is planned for 3 s, not 8,
+    and a hold due before the plan still wakes the expirer (the pass reports its clock)."""
+
+    class Ahead:
+        def __init__(self) -> None:
+            self.entered = asyncio.Event()
+            self.go_on = asyncio.Event()
+
+        async def expire_due_holds(self, limit: int) -> ExpiryPass:
+            self.entered.set()
+            await self.go_on.wait()
+            self.go_on.clear()
+            db_now = datetime.fromtimestamp(now + 5, UTC)
+            return ExpiryPass(0, 0, None, db_now)
+
+    now = 1_000.0
+    store, sleeper = Ahead(), Sleeper()
+    expirer = Expirer(store, recheck_s=RECHECK_S, clock=lambda: now, sleep=sleeper)
+    task = asyncio.create_task(expirer.run())
+    try:
+        await asyncio.wait_for(store.entered.wait(), timeout=1.0)
+        expirer.notice_expiry(datetime.fromtimestamp(now + 5 + 3, UTC))
+        store.go_on.set()
+        assert await sleeper.next_nap() == pytest.approx(3.0, abs=0.01)
+        store.entered.clear()
+        expirer.notice_expiry(datetime.fromtimestamp(now + 5 + 1, UTC))  # before the plan
+        await asyncio.wait_for(store.entered.wait(), timeout=1.0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
