@@ -295,11 +295,20 @@ class AvailabilityFanout:
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        keepalive_s = self._settings.sse_keepalive_s
+        # Keepalives are due once the feed has not changed for keepalive_s. Measured from the
+        # last change, not from the last wake-up: the retries of a browser whose socket stays
+        # full wake the writer every RETRY_BUSY_S and would otherwise starve everyone else's.
+        seq, quiet_until = self._seq, loop.time() + keepalive_s
         while True:
-            try:
-                await asyncio.wait_for(self._dirty.wait(), self._settings.sse_keepalive_s)
-            except TimeoutError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), quiet_until - loop.time())
+            if self._seq != seq:
+                seq, quiet_until = self._seq, loop.time() + keepalive_s
+            elif loop.time() >= quiet_until:
                 self._keepalive()
+                quiet_until = loop.time() + keepalive_s
+            if not self._dirty.is_set():
                 continue
             self._dirty.clear()
             try:

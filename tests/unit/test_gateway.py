@@ -192,6 +192,24 @@ async def test_the_writer_sends_keepalives_when_the_feed_is_quiet_and_stop_close
     assert sink.closed and chunked.closed
 
 
+async def test_a_stuck_browser_does_not_stop_keepalives_to_the_others() -> None:
+    """A browser whose socket stays full is retried every 50 ms; those retries are not changes
+    of the feed, so quiet browsers must still get their keepalives (proxies drop silent
+    streams)."""
+    fanout = AvailabilityFanout(stub=None, health=None, settings=Settings(sse_keepalive_s=0.2))
+    writer = asyncio.create_task(fanout._write_loop())
+    try:
+        quiet, stuck = browser(fanout), browser(fanout)
+        stuck.full = True
+        async with asyncio.timeout(3):
+            while b": keepalive\n\n" not in quiet.writes:
+                quiet.wrote.clear()
+                await quiet.wrote.wait()
+    finally:
+        writer.cancel()
+    await fanout.stop()
+
+
 def test_frames_are_single_line_json() -> None:
     frame = sse_frame("availability", payloads.availability_json(availability("a", 1)))
     name, data = decode(frame)
