@@ -22,6 +22,9 @@ from slotlock.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
+# The longest wait between passes while every due hold is locked by another transaction.
+LOCKED_WAIT_MAX_S = 0.1
+
 # Waits until ``wake`` is set or ``timeout`` seconds pass; tests replace it to run without time.
 Sleep = Callable[[asyncio.Event, float], Awaitable[None]]
 
@@ -56,6 +59,7 @@ class Expirer:
         # The database's clock minus ``clock`` (as of the last pass): deadlines are read on the
         # former, plans made on the latter; a skew between them must not delay a release.
         self._skew = 0.0
+        self._locked_wait_s = 0.0  # back-off while every due hold is locked by someone else
 
     def notice_expiry(self, expires_at: datetime) -> None:
         """A hold due at ``expires_at`` was created: wake early if it is due before the plan
@@ -84,9 +88,22 @@ class Expirer:
                     next_lapse_s -= self._clock() - started
                 return ExpiryPass(released, max(checked, released), next_lapse_s)
 
+    def _back_off_if_all_locked(self, result: ExpiryPass | None) -> float:
+        """The least wait before the next pass. Due holds that another transaction has locked
+        (a confirmation in flight, usually over in milliseconds) are skipped and still count as
+        due, so the next pass would come 2 ms later; while a pass releases none of them, the
+        wait doubles up to ``LOCKED_WAIT_MAX_S`` rather than querying 500 times a second behind
+        a lock held for seconds (a stalled client, until lock and idle timeouts end it)."""
+        if result is None or result.released or result.checked == 0:
+            self._locked_wait_s = 0.0
+        else:
+            self._locked_wait_s = min(max(2 * self._locked_wait_s, 0.004), LOCKED_WAIT_MAX_S)
+        return self._locked_wait_s
+
     async def run(self) -> None:
         while True:
             self._noticed = math.inf
+            result: ExpiryPass | None = None
             try:
                 result = await self.expire_now()
                 if result.released:
@@ -99,6 +116,7 @@ class Expirer:
                 log.exception("expirer: pass failed; retrying in 1 s")
                 until_next = 1.0
             delay = self._recheck_s if until_next is None else min(until_next, self._recheck_s)
+            delay = max(delay, self._back_off_if_all_locked(result))
             # A hold made here while the pass ran (its notice found the old plan in the past).
             delay = min(delay, self._noticed - self._skew - self._clock())
             delay = max(delay, 0.0) + 0.002  # land just after the deadline, not just before

@@ -231,3 +231,34 @@ async def test_deadlines_on_the_database_clock_are_planned_on_this_process_clock
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_backs_off_while_every_due_hold_is_locked_elsewhere() -> None:
+    """A due hold locked by another transaction is skipped and still due: the expirer comes back
+    soon, but waits longer each time none is released (up to 0.1 s), not every 2 ms for as long
+    as the lock is held; once a pass releases holds again, it no longer waits."""
+    locked = [True] * 8 + [False]
+
+    class Locked:
+        async def expire_due_holds(self, limit: int) -> ExpiryPass:
+            still_locked = locked.pop(0) if locked else False
+            if still_locked:
+                return ExpiryPass(0, 1, 0.0)  # one due hold, skipped: locked by someone else
+            return ExpiryPass(1, 1, None)
+
+    sleeper = Sleeper()
+    expirer = Expirer(Locked(), recheck_s=RECHECK_S, clock=lambda: 1_000.0, sleep=sleeper)
+    task = asyncio.create_task(expirer.run())
+    try:
+        naps = []
+        for _ in range(9):
+            naps.append(await sleeper.next_nap())
+            sleeper.ring()
+        assert naps[:8] == pytest.approx(
+            [0.006, 0.010, 0.018, 0.034, 0.066, 0.102, 0.102, 0.102], abs=1e-9
+        )
+        assert naps[8] == pytest.approx(RECHECK_S + 0.002)  # released: nothing due, no back-off
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
