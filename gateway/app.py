@@ -189,6 +189,13 @@ class EventStream(Response):
                 await send(
                     {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
                 )
+                # The framing the server chose for this response: httptools chunks HTTP/1.0
+                # responses too (h11 does not; its cycle has no such attribute).
+                framing = getattr(
+                    getattr(scope.get(RAW_SEND), "__self__", None), "chunked_encoding", None
+                )
+                if isinstance(framing, bool):
+                    browser.sink.chunked = framing
                 await send({"type": "http.response.body", "body": RETRY, "more_body": True})
                 fanout.start_browser(browser)
                 while (await receive())["type"] != "http.disconnect":

@@ -27,6 +27,7 @@ from gateway.app import Gateway
 from gateway.fanout import AvailabilityFanout, TransportSink
 from gateway.settings import Settings
 from slotlock_cli.devstack import free_port
+from tests import support
 from tests.support import serving_gateway
 from tests.unit.test_gateway import availability
 
@@ -162,6 +163,40 @@ async def test_an_http_1_0_browser_gets_the_frames_without_chunks(
     await browser.read_until(lambda b: b.latest() == {"a": 2})
     assert browser.text.startswith(b"retry: 1000\n\nevent: status\n")
     browser.close()
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_the_frames_match_the_framing_the_server_declared(
+    http: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's httptools protocol frames a response to HTTP/1.0 as chunks too (h11 does not):
+    the writer's own writes must be framed as the headers said, whichever protocol runs."""
+    if http == "httptools":
+        pytest.importorskip("httptools")
+    build = support.build_server
+
+    def build_with(settings: Settings, **kwargs: Any) -> Any:
+        server = build(settings, **kwargs)
+        server.config.http = http
+        return server
+
+    monkeypatch.setattr(support, "build_server", build_with)
+    settings = Settings(
+        port=0,
+        reservation_addr="127.0.0.1:9",
+        availability_addr="127.0.0.1:9",
+        watch_retry_max_s=0.5,
+        secure_cookies=False,
+    )
+    async with serving_gateway(settings) as (port, app):
+        fanout = app.state.gateway.fanout
+        fanout.apply(availability("a", 1))
+        for version in ("1.0", "1.1"):
+            browser = await Browser.open(port, version=version)
+            fanout.apply(availability("a", fanout._versions["a"] + 1))
+            want = fanout._versions["a"]
+            await browser.read_until(lambda b, want=want: b.latest() == {"a": want})
+            browser.close()
 
 
 async def test_a_browser_that_stops_reading_holds_one_write_and_delays_no_one(
