@@ -299,7 +299,10 @@ class Gateway:
     async def stream(self, request: Request) -> Response:
         """Server-Sent Events: the feed status, every event's state, then every change."""
         raw_send = request.scope.get(RAW_SEND)
-        transport = server_transport(raw_send) if request.method == "GET" else None
+        # Raw writes only where the connection carries this one response as HTTP/1.x bytes
+        # (under an HTTP/2 server the transport is shared by many streams' frames).
+        direct = request.method == "GET" and request.scope.get("http_version") in ("1.0", "1.1")
+        transport = server_transport(raw_send) if direct else None
         sink: Sink
         if transport is not None:
             sink = TransportSink(transport, chunked=request.scope.get("http_version") == "1.1")
