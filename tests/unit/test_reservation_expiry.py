@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
-from reservation_service.expiry import Expirer
+from reservation_service.expiry import Expirer, ExpiryStore
 from reservation_service.holds import (
     EventSpec,
     ExpiryPass,
@@ -155,33 +155,50 @@ async def test_expire_now_releases_every_due_hold_in_batches() -> None:
     assert store.calls["expire_due_holds"] == 3  # 3 + 3 + 1
 
 
-async def test_a_hold_made_while_a_pass_runs_is_planned_for() -> None:
-    """The pass's query did not see a hold made meanwhile, and its notice found the previous plan
-    already past: the expirer still plans for it instead of sleeping until the re-check."""
+NOW = 1_000.0
 
-    class MidPass:
-        def __init__(self) -> None:
-            self.entered = asyncio.Event()
-            self.go_on = asyncio.Event()
 
-        async def expire_due_holds(self, limit: int) -> ExpiryPass:
-            self.entered.set()
-            await self.go_on.wait()
-            return ExpiryPass(0, 0, None)  # nothing pending, as the pass saw it
+class PausedPass:
+    """A store whose pass waits, once it has begun, until the test lets it go on (to act while a
+    pass runs). It finds nothing due; with ``db_ahead_s`` it reports the database's clock that
+    far ahead of this process's."""
 
-    now = 1_000.0
-    store, sleeper = MidPass(), Sleeper()
-    expirer = Expirer(store, recheck_s=RECHECK_S, clock=lambda: now, sleep=sleeper)
+    def __init__(self, db_ahead_s: float | None = None) -> None:
+        self.entered = asyncio.Event()
+        self.go_on = asyncio.Event()
+        self._db_ahead_s = db_ahead_s
+
+    async def expire_due_holds(self, limit: int) -> ExpiryPass:
+        self.entered.set()
+        await self.go_on.wait()
+        self.go_on.clear()
+        if self._db_ahead_s is None:
+            return ExpiryPass(0, 0, None)
+        return ExpiryPass(0, 0, None, datetime.fromtimestamp(NOW + self._db_ahead_s, UTC))
+
+
+@contextlib.asynccontextmanager
+async def expirer_running(store: ExpiryStore, sleeper: Sleeper) -> AsyncIterator[Expirer]:
+    """An expirer on ``store`` running in the background, its clock stopped at ``NOW``."""
+    expirer = Expirer(store, recheck_s=RECHECK_S, clock=lambda: NOW, sleep=sleeper)
     task = asyncio.create_task(expirer.run())
     try:
-        await asyncio.wait_for(store.entered.wait(), timeout=1.0)
-        expirer.notice_expiry(datetime.fromtimestamp(now + 3, UTC))
-        store.go_on.set()
-        assert await sleeper.next_nap() == pytest.approx(3.0, abs=0.01)
+        yield expirer
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_hold_made_while_a_pass_runs_is_planned_for() -> None:
+    """The pass's query did not see a hold made meanwhile, and its notice found the previous plan
+    already past: the expirer still plans for it instead of sleeping until the re-check."""
+    store, sleeper = PausedPass(), Sleeper()
+    async with expirer_running(store, sleeper) as expirer:
+        await asyncio.wait_for(store.entered.wait(), timeout=1.0)
+        expirer.notice_expiry(datetime.fromtimestamp(NOW + 3, UTC))
+        store.go_on.set()
+        assert await sleeper.next_nap() == pytest.approx(3.0, abs=0.01)
 
 
 async def test_next_pass_is_planned_from_the_pass_and_counts_its_own_time() -> None:
@@ -202,35 +219,15 @@ async def test_deadlines_on_the_database_clock_are_planned_on_this_process_clock
     """expires_at comes from the database's clock, the plan from this process's clock: with the
     database 5 s ahead, a hold made during a pass and due 3 s later is planned for 3 s, not 8,
     and a hold due before the plan still wakes the expirer (the pass reports its clock)."""
-
-    class Ahead:
-        def __init__(self) -> None:
-            self.entered = asyncio.Event()
-            self.go_on = asyncio.Event()
-
-        async def expire_due_holds(self, limit: int) -> ExpiryPass:
-            self.entered.set()
-            await self.go_on.wait()
-            self.go_on.clear()
-            db_now = datetime.fromtimestamp(now + 5, UTC)
-            return ExpiryPass(0, 0, None, db_now)
-
-    now = 1_000.0
-    store, sleeper = Ahead(), Sleeper()
-    expirer = Expirer(store, recheck_s=RECHECK_S, clock=lambda: now, sleep=sleeper)
-    task = asyncio.create_task(expirer.run())
-    try:
+    store, sleeper = PausedPass(db_ahead_s=5), Sleeper()
+    async with expirer_running(store, sleeper) as expirer:
         await asyncio.wait_for(store.entered.wait(), timeout=1.0)
-        expirer.notice_expiry(datetime.fromtimestamp(now + 5 + 3, UTC))
+        expirer.notice_expiry(datetime.fromtimestamp(NOW + 5 + 3, UTC))
         store.go_on.set()
         assert await sleeper.next_nap() == pytest.approx(3.0, abs=0.01)
         store.entered.clear()
-        expirer.notice_expiry(datetime.fromtimestamp(now + 5 + 1, UTC))  # before the plan
+        expirer.notice_expiry(datetime.fromtimestamp(NOW + 5 + 1, UTC))  # before the plan
         await asyncio.wait_for(store.entered.wait(), timeout=1.0)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_backs_off_while_every_due_hold_is_locked_elsewhere() -> None:
@@ -247,9 +244,7 @@ async def test_backs_off_while_every_due_hold_is_locked_elsewhere() -> None:
             return ExpiryPass(1, 1, None)
 
     sleeper = Sleeper()
-    expirer = Expirer(Locked(), recheck_s=RECHECK_S, clock=lambda: 1_000.0, sleep=sleeper)
-    task = asyncio.create_task(expirer.run())
-    try:
+    async with expirer_running(Locked(), sleeper):
         naps = []
         for _ in range(9):
             naps.append(await sleeper.next_nap())
@@ -258,7 +253,3 @@ async def test_backs_off_while_every_due_hold_is_locked_elsewhere() -> None:
             [0.006, 0.010, 0.018, 0.034, 0.066, 0.102, 0.102, 0.102], abs=1e-9
         )
         assert naps[8] == pytest.approx(RECHECK_S + 0.002)  # released: nothing due, no back-off
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
