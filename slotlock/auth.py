@@ -326,12 +326,16 @@ class AuthInterceptor(grpc_errors.WrappingInterceptor):
         return self._wrap(handler, method, self._table.get(method, frozenset()))
 
     def admit(
-        self, method: str, roles: frozenset[str], metadata: Sequence[tuple[str, Any]], peer: Any
+        self,
+        method: str,
+        roles: frozenset[str],
+        metadata: Sequence[tuple[str, Any]],
+        context: Context,
     ) -> Caller:
         """The caller of one call, if it may call ``method``; else ``Unauthenticated`` or
-        ``PermissionDenied``. ``peer`` is the call's TLS auth context (a dict), or the call's
-        context to read it from only when needed (a call with a bearer token does not)."""
-        caller = self.authenticate(metadata, peer)
+        ``PermissionDenied``. The call's TLS auth context is read from ``context`` only when a
+        certificate could name the caller (a call with a bearer token does not need it)."""
+        caller = self.authenticate(metadata, context)
         if not roles & caller.roles:
             needs = " or ".join(sorted(roles)) if roles else "a role no caller has"
             has = ", ".join(sorted(caller.roles)) or "none"
@@ -341,26 +345,25 @@ class AuthInterceptor(grpc_errors.WrappingInterceptor):
             )
         return caller
 
-    def authenticate(self, metadata: Sequence[tuple[str, Any]], peer: Any) -> Caller:
+    def authenticate(self, metadata: Sequence[tuple[str, Any]], context: Context) -> Caller:
         header = next((str(value) for key, value in metadata if key == "authorization"), None)
         if header is not None:
             scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise errors.Unauthenticated("the authorization header must be 'Bearer <token>'")
             return self._tokens.verify(token.strip())
-        certified = self._certificate_caller(peer)
+        certified = self._certificate_caller(context)
         if certified is not None:
             return certified
         if self._settings.insecure_no_auth:
             return identity.TRUSTED
         raise errors.Unauthenticated(NO_CREDENTIALS)
 
-    def _certificate_caller(self, peer: Any) -> Caller | None:
+    def _certificate_caller(self, context: Context) -> Caller | None:
         if not self._cert_roles and self._settings.insecure_no_auth:
-            return None  # no certificate could name a caller (read below, it is no small cost)
-        if peer is not None and not isinstance(peer, dict):
-            peer = _peer(peer)  # the call's context: its auth context, read only now
-        if not isinstance(peer, dict):
+            return None  # no certificate could name a caller (reading one is no small cost)
+        peer = _peer(context)
+        if peer is None:
             return None
         names = [
             raw.decode(errors="replace")
