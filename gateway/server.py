@@ -11,13 +11,12 @@ per minute, the 10,000 browsers), its own metrics port (the metrics port + n).
 
 from __future__ import annotations
 
-import socket
-
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
 from slotlock import logs, metrics
+from slotlock.grpc_server import shared_socket
 from slotlock.process_title import set_title
 
 # Browsers keep Server-Sent Events streams open forever; do not wait for them on shutdown.
@@ -36,18 +35,6 @@ def build_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Serv
         log_config=None,  # uvicorn's loggers reach the root handler: one format (slotlock.logs)
     )
     return uvicorn.Server(config)
-
-
-def shared_socket(host: str, port: int) -> socket.socket:
-    """A worker's socket on the replica's port, shared with the other workers (SO_REUSEPORT;
-    the parent holds the port for them: ``slotlock.workers.run_workers``)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock
 
 
 def run_one(settings: Settings, worker: str = "") -> None:

@@ -115,6 +115,12 @@ def claim_port(host: str, port: int) -> socket.socket:
     workers run. (Two replicas claiming in the same microsecond could still both succeed.)"""
     _bind(host, port, reuse_address=True).close()  # refused while anything else holds the port
     # Without SO_REUSEADDR, so that the check above fails for the next replica while we hold it.
+    return shared_socket(host, port)
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with SO_REUSEPORT: one worker's share of the port its
+    replica's parent claimed (:func:`claim_port`), for a server that takes a bound socket."""
     return _bind(host, port, reuse_port=True)
 
 
