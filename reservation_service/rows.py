@@ -119,8 +119,8 @@ def reservation_from_row(row: Row) -> Reservation:
 
 
 def reservation_params(reservation: Reservation) -> Params:
-    """What update_reservation may change: status, payment details, timestamps, deadline and
-    grace, extensions, refunds."""
+    """What update_reservations may change of one reservation: status, payment details,
+    timestamps, deadline and grace, extensions, refunds."""
     payment = reservation.payment
     return {
         "id": reservation.id,
@@ -141,24 +141,10 @@ def reservation_params(reservation: Reservation) -> Params:
 
 
 def reservations_params(reservations: Sequence[Reservation]) -> Params:
-    """Array parameters for batches.sql update_reservations: ``reservation_params`` of each."""
-    payments = [r.payment for r in reservations]
-    return {
-        "ids": [r.id for r in reservations],
-        "statuses": [r.status.value for r in reservations],
-        "updated_at": [r.updated_at for r in reservations],
-        "payment_references": [r.payment_reference for r in reservations],
-        "provider_order_ids": [p.provider_order_id if p else None for p in payments],
-        "virtual_account_numbers": [p.virtual_account_number if p else None for p in payments],
-        "qr_codes": [p.qr_code if p else None for p in payments],
-        "qr_code_urls": [p.qr_code_url if p else None for p in payments],
-        "refund_reasons": [r.refund_reason for r in reservations],
-        "expires_at": [r.expires_at for r in reservations],
-        "payment_grace_until": [r.payment_grace_until for r in reservations],
-        "extensions": [r.extensions for r in reservations],
-        "paid_late": [r.paid_late for r in reservations],
-        "refunded_quantities": [r.refunded_quantity for r in reservations],
-    }
+    """Array parameters for batches.sql update_reservations: each of ``reservation_params``,
+    as one array over ``reservations``."""
+    each = [reservation_params(r) for r in reservations]
+    return {key: [params[key] for params in each] for key in each[0]} if each else {}
 
 
 def history_params(changes: Sequence[Change], default_actor: str) -> Params:

@@ -513,9 +513,7 @@ async def _customer_seats(
 async def _update_reservations(cur: Cursor, reservations: Sequence[Reservation]) -> None:
     """Store what changed on ``reservations`` (distinct ids): one statement for any number (a
     batch of confirms, releases or lapsed holds), not one each."""
-    if len(reservations) == 1:
-        await cur.execute(HOLDS["update_reservation"], rows.reservation_params(reservations[0]))
-    elif reservations:
+    if reservations:
         await cur.execute(BATCHES["update_reservations"], rows.reservations_params(reservations))
 
 

@@ -42,20 +42,20 @@ SELECT *, clock_timestamp() AS db_now FROM reservations WHERE id = ANY(%(ids)b::
 ORDER BY id FOR UPDATE;
 
 -- name: update_reservations
--- As holds.sql update_reservation, for every reservation a batch changed (confirms, releases,
--- lapsed holds) in one statement instead of one each. Ids are unique within a batch.
+-- What changed on the reservations a write touched (confirms, releases, lapsed holds, a refund):
+-- one statement for any number of them. Ids are unique within one call.
 UPDATE reservations AS r
 SET status = u.status, updated_at = u.updated_at, payment_reference = u.payment_reference,
     provider_order_id = u.provider_order_id, virtual_account_number = u.virtual_account_number,
     qr_code = u.qr_code, qr_code_url = u.qr_code_url, refund_reason = u.refund_reason,
     expires_at = u.expires_at, payment_grace_until = u.payment_grace_until,
     extensions = u.extensions, paid_late = u.paid_late, refunded_quantity = u.refunded_quantity
-FROM unnest(%(ids)b::uuid[], %(statuses)b::text[], %(updated_at)b::timestamptz[],
-            %(payment_references)b::text[], %(provider_order_ids)b::text[],
-            %(virtual_account_numbers)b::text[], %(qr_codes)b::text[], %(qr_code_urls)b::text[],
-            %(refund_reasons)b::text[], %(expires_at)b::timestamptz[],
+FROM unnest(%(id)b::uuid[], %(status)b::text[], %(updated_at)b::timestamptz[],
+            %(payment_reference)b::text[], %(provider_order_id)b::text[],
+            %(virtual_account_number)b::text[], %(qr_code)b::text[], %(qr_code_url)b::text[],
+            %(refund_reason)b::text[], %(expires_at)b::timestamptz[],
             %(payment_grace_until)b::timestamptz[], %(extensions)b::int[],
-            %(paid_late)b::boolean[], %(refunded_quantities)b::int[])
+            %(paid_late)b::boolean[], %(refunded_quantity)b::int[])
      AS u (id, status, updated_at, payment_reference, provider_order_id, virtual_account_number,
            qr_code, qr_code_url, refund_reason, expires_at, payment_grace_until, extensions,
            paid_late, refunded_quantity)

@@ -19,16 +19,6 @@ WHERE event_id = %(event_id)s AND status = 'PENDING';
 -- name: find_by_idempotency_keys
 SELECT * FROM reservations WHERE idempotency_key = ANY(%(keys)s);
 
--- name: update_reservation
-UPDATE reservations
-SET status = %(status)s, updated_at = %(updated_at)s, payment_reference = %(payment_reference)s,
-    provider_order_id = %(provider_order_id)s, virtual_account_number = %(virtual_account_number)s,
-    qr_code = %(qr_code)s, qr_code_url = %(qr_code_url)s, refund_reason = %(refund_reason)s,
-    expires_at = %(expires_at)s, payment_grace_until = %(payment_grace_until)s,
-    extensions = %(extensions)s, paid_late = %(paid_late)s,
-    refunded_quantity = %(refunded_quantity)s
-WHERE id = %(id)s;
-
 -- name: update_event_counters
 UPDATE events
 SET paid = %(paid)s, pending = %(pending)s, version = %(version)s, updated_at = %(now)s
