@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from availability_service.projection import BadgePolicy
 from slotlock.feed import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Feed
 from slotlock.grpc_server import ServerSecurity
-from slotlock.settings import NATS_SCHEMES, Reader, SettingsError, Telemetry, read_telemetry
+from slotlock.settings import (
+    NATS_SCHEMES,
+    Reader,
+    SettingsError,
+    Telemetry,
+    check_workers_port,
+    read_telemetry,
+    read_workers,
+)
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -62,7 +70,7 @@ class Settings:
                 ),
             ),
             max_watchers=read.integer("SLOTLOCK_MAX_WATCHERS", cls.max_watchers, minimum=1),
-            workers=read.integer("SLOTLOCK_WORKERS", cls.workers, minimum=1, maximum=64),
+            workers=read_workers(read),
             max_feed_lag_s=read.number(
                 "SLOTLOCK_MAX_FEED_LAG_S", cls.max_feed_lag_s, minimum=0.5, maximum=3600
             ),
@@ -79,9 +87,5 @@ class Settings:
 
     def checked(self) -> Settings:
         """Checks across fields."""
-        if self.workers > 1 and self.port == 0:
-            raise SettingsError(
-                "SLOTLOCK_WORKERS must be 1 when SLOTLOCK_AVAILABILITY_PORT is 0, "
-                f"not {str(self.workers)!r} (the workers share one fixed port)"
-            )
+        check_workers_port(self.workers, self.port, "SLOTLOCK_AVAILABILITY_PORT")
         return self

@@ -11,8 +11,10 @@ from slotlock.settings import (
     Reader,
     SettingsError,
     Telemetry,
+    check_workers_port,
     read_max_seats_per_hold,
     read_telemetry,
+    read_workers,
 )
 
 
@@ -60,7 +62,7 @@ class Settings:
         """Build from ``SLOTLOCK_*`` variables; a bad value raises ``SettingsError`` naming it."""
         d = cls()
         read = Reader(env)
-        return cls(
+        settings = cls(
             host=read.text("SLOTLOCK_GATEWAY_HOST", d.host),
             port=read.port("SLOTLOCK_GATEWAY_PORT", d.port),
             reservation_addr=read.address("SLOTLOCK_RESERVATION_ADDR", d.reservation_addr),
@@ -81,8 +83,10 @@ class Settings:
             ),
             demo_payments=read.flag("SLOTLOCK_GATEWAY_DEMO_PAYMENTS", d.demo_payments),
             secure_cookies=read.flag("SLOTLOCK_GATEWAY_SECURE_COOKIES", d.secure_cookies),
-            workers=read.integer("SLOTLOCK_WORKERS", d.workers, minimum=1, maximum=64),
+            workers=read_workers(read),
         )
+        check_workers_port(settings.workers, settings.port, "SLOTLOCK_GATEWAY_PORT")
+        return settings
 
 
 def _origins(read: Reader, name: str) -> tuple[str, ...]:

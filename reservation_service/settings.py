@@ -17,8 +17,10 @@ from slotlock.settings import (
     Reader,
     SettingsError,
     Telemetry,
+    check_workers_port,
     read_max_seats_per_hold,
     read_telemetry,
+    read_workers,
 )
 
 # Hold tokens are HMACs under this secret: whoever knows it can pay for and release anyone's hold.
@@ -180,7 +182,7 @@ class Settings:
             ),
             run_relay=read.flag("SLOTLOCK_RUN_RELAY", d.run_relay),
             run_expirer=read.flag("SLOTLOCK_RUN_EXPIRER", d.run_expirer),
-            workers=read.integer("SLOTLOCK_WORKERS", d.workers, minimum=1, maximum=64),
+            workers=read_workers(read),
             log_level=read.log_level("SLOTLOCK_LOG_LEVEL", d.log_level),
             telemetry=read_telemetry(read, "SLOTLOCK_RESERVATION_METRICS_PORT"),
             security=ServerSecurity.read(read),
@@ -200,11 +202,7 @@ class Settings:
     def checked(self) -> Settings:
         """Checks across fields, and the hold-token secret last (so a test of another variable
         sees that variable's error first)."""
-        if self.workers > 1 and self.port == 0:
-            raise SettingsError(
-                "SLOTLOCK_WORKERS must be 1 when SLOTLOCK_RESERVATION_PORT is 0, "
-                f"not {str(self.workers)!r} (the workers share one fixed port)"
-            )
+        check_workers_port(self.workers, self.port, "SLOTLOCK_RESERVATION_PORT")
         check_hold_token_secrets((self.hold_token_secret, *self.previous_hold_token_secrets))
         return self
 

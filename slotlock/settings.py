@@ -249,6 +249,21 @@ def read_max_seats_per_hold(read: Reader) -> int:
     return read.integer("SLOTLOCK_MAX_SEATS_PER_HOLD", 10, minimum=1, maximum=10000)
 
 
+def read_workers(read: Reader) -> int:
+    """SLOTLOCK_WORKERS: processes of one replica sharing its port (``slotlock.workers``); the
+    same variable for every service, checked against the port by :func:`check_workers_port`."""
+    return read.integer("SLOTLOCK_WORKERS", 1, minimum=1, maximum=64)
+
+
+def check_workers_port(workers: int, port: int, port_variable: str) -> None:
+    """Workers share one fixed port: with port 0 each would listen somewhere else."""
+    if workers > 1 and port == 0:
+        raise SettingsError(
+            f"SLOTLOCK_WORKERS must be 1 when {port_variable} is 0, "
+            f"not {str(workers)!r} (the workers share one fixed port)"
+        )
+
+
 @dataclass(frozen=True)
 class Telemetry:
     """What every service reads about metrics, logs and traces (README, "Operations")."""

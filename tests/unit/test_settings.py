@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from typing import Any
 
 import pytest
 
@@ -228,3 +229,19 @@ def test_load_warns_then_reads_or_exits_2_with_one_line() -> None:
     assert exit_.value.code == 2
     assert out.getvalue().count("\n") == 1
     assert out.getvalue().startswith("slotlock-reservation: SLOTLOCK_LOG_LEVEL must be one of")
+
+
+@pytest.mark.parametrize(
+    ("from_env", "port_variable"),
+    [
+        (ReservationSettings.from_env, "SLOTLOCK_RESERVATION_PORT"),
+        (AvailabilitySettings.from_env, "SLOTLOCK_AVAILABILITY_PORT"),
+        (GatewaySettings.from_env, "SLOTLOCK_GATEWAY_PORT"),
+    ],
+)
+def test_workers_of_every_process_share_one_fixed_port(from_env: Any, port_variable: str) -> None:
+    """SLOTLOCK_WORKERS > 1 with port 0 would have each worker listen on a port of its own."""
+    env = {**SECURE_ENV, "SLOTLOCK_WORKERS": "2"}
+    assert from_env({**env, port_variable: "50100"}).workers == 2
+    with pytest.raises(SettingsError, match=f"SLOTLOCK_WORKERS must be 1 when {port_variable}"):
+        from_env({**env, port_variable: "0"})
