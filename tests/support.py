@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -91,3 +95,37 @@ async def serving_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[int,
     finally:
         server.should_exit = True
         await serving
+
+
+@contextlib.contextmanager
+def running_slotlock_dev(
+    out_path: Path, env: Mapping[str, str], ports: tuple[int, int, int], *args: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``slotlock dev ARGS`` on ``ports`` (reservation, availability, gateway; output in
+    ``out_path``) once it has printed "Press Ctrl-C" (within 120 s): the process and what it
+    printed. On exit it is stopped as Ctrl-C stops it."""
+    reservation, availability, gateway = (str(port) for port in ports)
+    port_args = ("--reservation-port", reservation, "--availability-port", availability)
+    with out_path.open("w") as out:
+        dev = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "slotlock_cli.main", "dev", *args),
+                *(*port_args, "--gateway-port", gateway),
+            ],
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "Press Ctrl-C" not in out_path.read_text():
+            assert dev.poll() is None, out_path.read_text()
+            assert time.monotonic() < deadline, out_path.read_text()
+            time.sleep(0.5)
+        yield dev, out_path.read_text()
+    finally:
+        dev.send_signal(signal.SIGINT)
+        try:
+            dev.wait(60)
+        except subprocess.TimeoutExpired:
+            dev.kill()

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
 
 from slotlock_cli.devstack import free_port
-from tests.support import SECURE_ENV
+from tests.support import SECURE_ENV, running_slotlock_dev
 
 PYTHON = sys.executable
 
@@ -51,36 +49,11 @@ def test_reservation_service_refuses_to_start_without_a_real_hold_token_secret()
 
 
 def test_slotlock_dev_keeps_secrets_private_uses_passwords_and_cleans_up(tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(3)]
+    ports = (free_port(), free_port(), free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLOTLOCK_")}
     env["TMPDIR"] = str(tmp_path)  # where its temporary folder goes
     out_path = tmp_path / "dev.out"
-    with out_path.open("w") as out:
-        dev = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "slotlock_cli.main",
-                "dev",
-                "--no-seed",
-                "--reservation-port",
-                str(ports[0]),
-                "--availability-port",
-                str(ports[1]),
-                "--gateway-port",
-                str(ports[2]),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while "Press Ctrl-C" not in out_path.read_text():
-            assert dev.poll() is None, out_path.read_text()
-            assert time.monotonic() < deadline, out_path.read_text()
-            time.sleep(0.5)
-        printed = out_path.read_text()
+    with running_slotlock_dev(out_path, env, ports, "--no-seed") as (dev, printed):
         (root,) = tmp_path.glob("slotlock-dev-*")
         assert private(root)
         secret_files = [
@@ -107,11 +80,5 @@ def test_slotlock_dev_keeps_secrets_private_uses_passwords_and_cleans_up(tmp_pat
         # NATS: the services run as their own users (the log of each shows no refusal).
         logs = {p.name: p.read_text() for p in (root / "logs").glob("*.log")}
         assert "Authorization Violation" not in "".join(logs.values())
-    finally:
-        dev.send_signal(signal.SIGINT)
-        try:
-            dev.wait(60)
-        except subprocess.TimeoutExpired:
-            dev.kill()
     assert dev.returncode == 0, out_path.read_text()
     assert not list(tmp_path.glob("slotlock-dev-*")), "the temporary folder should be removed"

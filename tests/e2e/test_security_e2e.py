@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from slotlock_cli.devstack import free_port
+from tests.support import running_slotlock_dev
 
 PYTHON = sys.executable
 
@@ -37,36 +36,10 @@ def test_a_service_without_auth_settings_refuses_to_start_in_one_line(module: st
 
 
 def test_slotlock_dev_runs_secured_and_prints_commands_that_work(tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(3)]
+    ports = (free_port(), free_port(), free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLOTLOCK_")}
-    out_path = tmp_path / "dev.out"
-    with out_path.open("w") as out:
-        dev = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "slotlock_cli.main",
-                "dev",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--reservation-port",
-                str(ports[0]),
-                "--availability-port",
-                str(ports[1]),
-                "--gateway-port",
-                str(ports[2]),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while "Press Ctrl-C" not in out_path.read_text():
-            assert dev.poll() is None, out_path.read_text()
-            assert time.monotonic() < deadline, out_path.read_text()
-            time.sleep(0.5)
-        printed = out_path.read_text()
+    out_path, data_dir = tmp_path / "dev.out", str(tmp_path / "data")
+    with running_slotlock_dev(out_path, env, ports, "--data-dir", data_dir) as (_, printed):
         assert "gRPC over TLS" in printed
         exports = dict(re.findall(r"(SLOTLOCK_[A-Z_]+)=(\S+)", printed))
         assert {"SLOTLOCK_TOKEN", "SLOTLOCK_TLS_CA_FILE", "SLOTLOCK_RESERVATION_ADDR"} <= set(
@@ -96,9 +69,3 @@ def test_slotlock_dev_runs_secured_and_prints_commands_that_work(tmp_path: Path)
         code = listed.stdout.splitlines()[1].split()[0]
         refused = slotlock("hold", code, "-n", "1", SLOTLOCK_TOKEN=reader)
         assert refused.returncode == 1 and "permission denied" in refused.stderr
-    finally:
-        dev.send_signal(signal.SIGINT)
-        try:
-            dev.wait(60)
-        except subprocess.TimeoutExpired:
-            dev.kill()
