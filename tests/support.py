@@ -129,3 +129,16 @@ def running_slotlock_dev(
             dev.wait(60)
         except subprocess.TimeoutExpired:
             dev.kill()
+
+
+# Headless Chromium for the browser tests (scripts/install-chromium puts it there).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]

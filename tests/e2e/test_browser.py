@@ -18,17 +18,8 @@ import pytest
 from slotlock.feed import Feed
 from slotlock_cli.devstack import DevStack
 from slotlock_cli.system import System
+from tests.support import CHROMIUM
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 HOLD_TTL_S = 4.0
 DESKTOP = {"width": 1280, "height": 860}
@@ -50,18 +41,6 @@ def system(stack: DevStack, feed: Feed, tmp_path: Path) -> Iterator[System]:
         stack, feed, log_dir=tmp_path / "logs", hold_ttl_s=HOLD_TTL_S, gateway=True
     ) as running:
         yield running
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield chromium
-        chromium.close()
 
 
 def card(page: Any, code: str) -> Any:

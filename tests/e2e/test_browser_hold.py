@@ -14,9 +14,7 @@ import pytest
 from slotlock.feed import Feed
 from slotlock_cli.devstack import DevStack
 from slotlock_cli.system import System
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic"]
+from tests.support import CHROMIUM
 
 pytestmark = [
     pytest.mark.browser,
@@ -29,18 +27,6 @@ pytestmark = [
 def system(stack: DevStack, feed: Feed, tmp_path: Path) -> Iterator[System]:
     with System(stack, feed, log_dir=tmp_path / "logs", hold_ttl_s=60, gateway=True) as running:
         yield running
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield chromium
-        chromium.close()
 
 
 def test_a_hold_survives_a_reload_in_its_browser_only(system: System, browser: Any) -> None:
